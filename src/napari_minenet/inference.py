@@ -1,0 +1,330 @@
+"""Tiled inference: image in, probability maps out, in bounded memory.
+
+How a prediction is made (``predict_tiled``):
+
+1. the image is checked and, if the card asks for it, resized to the model's working size;
+2. a :class:`~napari_minenet.data.Normalizer` is built from the whole image;
+3. BatchNorm statistics are re-estimated on this image (AdaBN, when the card says
+   ``bn_statistics == "image"``) from a fixed sample of tiles spread over the whole image,
+   so every tile is normalised identically (no disagreement between tiles), then folded
+   into the convolutions;
+4. the image is cut into overlapping tiles (no tile is ever larger than ``tile_size``),
+   tiles run in batches, and each tile's output is blended into the result with weights
+   that are 0 in a thin margin at every inner tile edge, rise smoothly across the overlap
+   and sum exactly to 1 everywhere (a separable partition of unity: no weight map, no
+   seams). With an overlap at least as large as the network's receptive field the tiled
+   result equals the untiled one.
+
+Memory beyond the output arrays is one batch of tiles and its activations.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .data import Normalizer, as_rgb_or_grey, check_image
+from .model import fuse_for_inference
+from .zoo import SegmentationModel, load_model
+
+__all__ = [
+    "Cancelled",
+    "select_device",
+    "device_report",
+    "predict",
+    "predict_tiled",
+    "tile_starts",
+    "blend_weights",
+    "adapt_batchnorm",
+    "prepare_network",
+]
+
+ProgressCallback = Callable[[int, int], None]
+CancelCheck = Callable[[], bool]
+
+#: pixels used to re-estimate BatchNorm statistics on one image
+BN_SAMPLE_PIXELS = 1 << 20
+BN_SAMPLE_TILE = 256
+
+
+class Cancelled(Exception):
+    """Raised inside a long-running core function when its cancel check returns True."""
+
+
+# --------------------------------------------------------------------------- devices
+
+
+def select_device(device: str | torch.device | None = "auto") -> torch.device:
+    """``auto`` -> CUDA if available, else MPS, else CPU. Explicit requests are checked."""
+    if isinstance(device, torch.device):
+        return device
+    name = (device or "auto").lower()
+    if name in ("gpu",):
+        name = "cuda"
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise RuntimeError("a CUDA GPU was requested but none is available (this torch build: "
+                               f"{torch.__version__}); use device 'cpu' or 'auto'")
+        return torch.device(name)
+    if name == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise RuntimeError("Apple MPS was requested but is not available; use 'cpu' or 'auto'")
+        return torch.device("mps")
+    if name == "cpu":
+        return torch.device("cpu")
+    raise ValueError(f"unknown device {device!r}: use auto, cpu, cuda or mps")
+
+
+def device_report() -> dict[str, str]:
+    """Human-readable description of the devices found (for the widget and the CLI)."""
+    found = {"cpu": f"CPU ({torch.get_num_threads()} threads)"}
+    if torch.cuda.is_available():
+        found["cuda"] = f"GPU: {torch.cuda.get_device_name(0)}"
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        found["mps"] = "GPU: Apple MPS"
+    return found
+
+
+# --------------------------------------------------------------------------- tiling
+
+
+def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Start offsets of tiles of size ``tile`` covering ``length`` with >= ``overlap`` overlap,
+    spread evenly so the first starts at 0 and the last ends at ``length``."""
+    if length <= tile:
+        return [0]
+    if overlap >= tile:
+        raise ValueError(f"tile overlap ({overlap}) must be smaller than the tile size ({tile})")
+    stride = tile - overlap
+    n = math.ceil((length - overlap) / stride)
+    starts = np.round(np.linspace(0, length - tile, n)).astype(int)
+    return sorted(set(int(s) for s in starts))
+
+
+def blend_weights(length: int, starts: Sequence[int], tile: int, overlap: int) -> list[np.ndarray]:
+    """Per-tile 1-D weights that sum to exactly 1 at every position along the axis.
+
+    Inside a tile, the weight is 0 within ``overlap // 4`` pixels of an edge shared with
+    another tile (where zero padding changes the network's output), then rises as a
+    squared sine across the overlap, and is 1 beyond. Edges on the image border keep
+    weight 1.
+    """
+    size = min(tile, length)
+    margin = overlap // 4
+    ramp_len = max(1, overlap // 2 - margin)
+    raw = []
+    total = np.zeros(length, np.float64)
+    x = np.arange(size, dtype=np.float64)
+    for i, s in enumerate(starts):
+        d = np.full(size, np.inf)
+        if i > 0:
+            d = np.minimum(d, x)
+        if i < len(starts) - 1:
+            d = np.minimum(d, size - 1 - x)
+        r = np.clip((d - margin + 1) / ramp_len, 0.0, 1.0)
+        r = np.sin(0.5 * np.pi * r) ** 2
+        raw.append(r)
+        total[s : s + size] += r
+    if np.any(total <= 0):  # only with a degenerate overlap; fall back to uniform averaging
+        raw = [np.ones(size) for _ in starts]
+        total = np.zeros(length)
+        for s in starts:
+            total[s : s + size] += 1.0
+    return [(r / total[s : s + size]).astype(np.float32) for r, s in zip(raw, starts)]
+
+
+# --------------------------------------------------------------------------- network preparation
+
+
+def _sample_boxes(h: int, w: int, max_pixels: int, tile: int) -> list[tuple[int, int, int, int]]:
+    """Boxes (y0, y1, x0, x1) used for BN statistics: the whole image if small, else a
+    regular grid of tiles spread over it."""
+    if h * w <= max_pixels:
+        return [(0, h, 0, w)]
+    th, tw = min(tile, h), min(tile, w)
+    n = max(1, max_pixels // (th * tw))
+    rows = max(1, min(int(round(math.sqrt(n * h / w))), math.ceil(h / th)))
+    cols = max(1, min(n // rows, math.ceil(w / tw)))
+    ys = np.round(np.linspace(0, h - th, rows)).astype(int)
+    xs = np.round(np.linspace(0, w - tw, cols)).astype(int)
+    return [(int(y), int(y) + th, int(x), int(x) + tw) for y in ys for x in xs]
+
+
+@torch.no_grad()
+def adapt_batchnorm(network: nn.Module, batches: Sequence[torch.Tensor]) -> nn.Module:
+    """A copy of ``network`` whose BatchNorm statistics are those of ``batches`` (AdaBN).
+
+    Each batch is one forward pass in training mode; statistics are averaged over the
+    batches. The original network is not changed.
+    """
+    net = copy.deepcopy(network)
+    bns = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the batches given
+    net.train()
+    for batch in batches:
+        net(batch)
+    return net.eval()
+
+
+def prepare_network(
+    model: SegmentationModel,
+    image: np.ndarray,
+    normalizer: Normalizer,
+    device: torch.device,
+) -> nn.Module:
+    """The network ready to run on tiles of ``image``: statistics adapted, BN folded, on device."""
+    net = model.network
+    if model.card.bn_statistics == "image":
+        h, w = image.shape[:2]
+        boxes = _sample_boxes(h, w, BN_SAMPLE_PIXELS, BN_SAMPLE_TILE)
+        tiles = [normalizer(image[y0:y1, x0:x1]) for y0, y1, x0, x1 in boxes]
+        batch = torch.from_numpy(np.stack(tiles)).to(device)
+        net = adapt_batchnorm(net.to(device), [batch])
+    fused = fuse_for_inference(net).to(device)
+    if device.type == "cpu":
+        fused = fused.to(memory_format=torch.channels_last)
+    return fused
+
+
+# --------------------------------------------------------------------------- prediction
+
+
+def predict_tiled(
+    image: np.ndarray,
+    model: SegmentationModel | str,
+    *,
+    device: str | torch.device = "auto",
+    tile_size: int | None = None,
+    overlap: int | None = None,
+    batch_size: int = 1,
+    precision: str = "fp32",
+    progress: ProgressCallback | None = None,
+    cancel: CancelCheck | None = None,
+) -> np.ndarray:
+    """Probability maps (C, H, W) float32 for a 2-D grey or RGB image of any size.
+
+    ``C`` is the model's output channels (foreground, then contour). ``progress(done,
+    total)`` is called after every batch of tiles; ``cancel()`` is checked before each
+    batch and raises :class:`Cancelled`. On CUDA out-of-memory the tile size is halved
+    and the run retried; below 256 px it falls back to the CPU with a warning.
+    """
+    model = load_model(model) if not isinstance(model, SegmentationModel) else model
+    card = model.card
+    image = check_image(image)
+    tile_size = int(tile_size or card.tile_size)
+    overlap = int(card.tile_overlap if overlap is None else overlap)
+    if tile_size < 32:
+        raise ValueError(f"tile size {tile_size} is too small (minimum 32)")
+    overlap = min(overlap, tile_size // 2)
+    dev = select_device(device)
+
+    full_hw = image.shape[:2]
+    work = _to_working_size(image, card.working_long_side)
+    work = as_rgb_or_grey(work, card.in_channels)
+    while True:
+        try:
+            probs = _predict_tiles(work, model, dev, tile_size, overlap, batch_size, precision, progress, cancel)
+            break
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            if tile_size > 256:
+                tile_size //= 2
+                overlap = min(overlap, tile_size // 2)
+                warnings.warn(f"GPU out of memory; retrying with {tile_size} px tiles", RuntimeWarning, stacklevel=2)
+            else:
+                warnings.warn("GPU out of memory even with small tiles; continuing on the CPU", RuntimeWarning,
+                              stacklevel=2)
+                dev = torch.device("cpu")
+    if probs.shape[1:] != full_hw:
+        probs = _resize_probs(probs, full_hw)
+    return probs
+
+
+def predict(image: np.ndarray, model: SegmentationModel | str, **kwargs) -> np.ndarray:
+    """Foreground probability (H, W) float32; see :func:`predict_tiled` for the options."""
+    return predict_tiled(image, model, **kwargs)[0]
+
+
+def _predict_tiles(image, model, device, tile_size, overlap, batch_size, precision, progress, cancel) -> np.ndarray:
+    card = model.card
+    h, w = image.shape[:2]
+    normalizer = Normalizer.for_image(image, card.normalization, card.in_channels)
+    if cancel is not None and cancel():
+        raise Cancelled()
+    net = prepare_network(model, image, normalizer, device)
+    ys, xs = tile_starts(h, tile_size, overlap), tile_starts(w, tile_size, overlap)
+    wy, wx = blend_weights(h, ys, tile_size, overlap), blend_weights(w, xs, tile_size, overlap)
+    th, tw = min(tile_size, h), min(tile_size, w)
+    boxes = [(i, j) for i in range(len(ys)) for j in range(len(xs))]
+    out = np.zeros((card.out_channels, h, w), np.float32)
+    total = len(boxes)
+    if progress is not None:
+        progress(0, total)
+    autocast = _autocast(device, precision)
+    memory_format = torch.channels_last if device.type == "cpu" else torch.contiguous_format
+    with torch.inference_mode():
+        for b0 in range(0, total, batch_size):
+            if cancel is not None and cancel():
+                raise Cancelled()
+            chunk = boxes[b0 : b0 + batch_size]
+            batch = np.stack([normalizer(image[ys[i] : ys[i] + th, xs[j] : xs[j] + tw]) for i, j in chunk])
+            x = torch.from_numpy(batch).to(device).contiguous(memory_format=memory_format)
+            with autocast:
+                logits = net(x)
+            prob = torch.sigmoid(logits.float()).cpu().numpy()
+            for k, (i, j) in enumerate(chunk):
+                weight = wy[i][:, None] * wx[j][None, :]
+                region = out[:, ys[i] : ys[i] + th, xs[j] : xs[j] + tw]
+                region += prob[k] * weight
+            if progress is not None:
+                progress(min(b0 + batch_size, total), total)
+    np.clip(out, 0.0, 1.0, out=out)
+    return out
+
+
+def _autocast(device: torch.device, precision: str):
+    precision = precision.lower()
+    if precision in ("fp32", "float32"):
+        return torch.autocast(device.type, enabled=False)
+    dtype = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}.get(
+        precision
+    )
+    if dtype is None:
+        raise ValueError(f"unknown precision {precision!r}: use fp32, bf16 or fp16")
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def _to_working_size(image: np.ndarray, long_side: int | None) -> np.ndarray:
+    if not long_side:
+        return image
+    h, w = image.shape[:2]
+    scale = long_side / max(h, w)
+    if abs(scale - 1.0) < 1e-3:
+        return image
+    from skimage.transform import resize
+
+    shape = (max(16, round(h * scale)), max(16, round(w * scale))) + image.shape[2:]
+    resized = resize(image, shape, order=1, preserve_range=True, anti_aliasing=scale < 1)
+    return resized.astype(np.float32) if image.dtype != np.uint8 else np.clip(resized + 0.5, 0, 255).astype(np.uint8)
+
+
+def _resize_probs(probs: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    t = torch.from_numpy(probs)[None]
+    return torch.nn.functional.interpolate(t, size=hw, mode="bilinear", align_corners=False)[0].numpy()
