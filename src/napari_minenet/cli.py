@@ -73,28 +73,21 @@ def _tile_progress(bar):
 
 
 def _write_outputs(out_dir: Path, stem: str, labels, prob, image, *, save_probability: bool, overlay: bool) -> list[Path]:
-    import tifffile
-
-    from .zoo import atomic_write
+    from .files import write_png, write_tiff
 
     written = []
     path = out_dir / f"{stem}_labels.tif"
-    with atomic_write(path) as fh:
-        tifffile.imwrite(fh, labels, compression="zlib")
+    write_tiff(path, labels)
     written.append(path)
     if save_probability:
         path = out_dir / f"{stem}_probability.tif"
-        with atomic_write(path) as fh:
-            tifffile.imwrite(fh, prob.astype("float32"), compression="zlib")
+        write_tiff(path, prob.astype("float32"))
         written.append(path)
     if overlay and labels.ndim == 2:
-        import imageio.v3 as iio
-
         from .visualize import outline_overlay
 
         path = out_dir / f"{stem}_overlay.png"
-        with atomic_write(path) as fh:
-            fh.write(iio.imwrite("<bytes>", outline_overlay(image, labels), extension=".png"))
+        write_png(path, outline_overlay(image, labels))
         written.append(path)
     return written
 
@@ -118,10 +111,10 @@ def _segment_files(paths, out_dir: Path, args) -> int:
                 kwargs = dict(instances=instances, threshold=args.threshold, min_size=args.min_size,
                               device=args.device, tile_size=args.tile, batch_size=args.batch_size)
                 if lead:
-                    labels, prob = segment_stack(image, model, progress=_tile_progress(bar), **kwargs)
-                    summary = f"{len(labels)} planes"
-                    if instances or (instances is None and model.card.instances):
-                        summary += f", {int(labels.max())} {model.card.object_name}"
+                    stack = segment_stack(image, model, progress=_tile_progress(bar), **kwargs)
+                    labels, prob = stack.labels, stack.probability
+                    summary = f"{len(stack.planes)} planes, " + summarize(labels, model.card.object_name,
+                                                                          stack.instances)
                 else:
                     result = segment(image, model, progress=_tile_progress(bar), **kwargs)
                     labels, prob = result.labels, result.probability
@@ -186,6 +179,39 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         atomic_write_json(args.json, report)
         print(f"wrote {args.json}")
     return 0
+
+
+
+# --------------------------------------------------------------------------- finetune
+
+
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    from .finetuning import FinetuneConfig, finetune
+
+    cfg = FinetuneConfig(max_seconds=args.max_seconds, lr=args.lr, l2sp=args.l2sp, seed=args.seed,
+                         device=args.device, patch_size=args.patch_size, batch_size=args.batch_size)
+    gen = finetune(args.model, args.data, cfg, output=args.output)
+    bar = _progress_bar(int(cfg.max_seconds), "fine-tuning", "s")
+    try:
+        while True:
+            rec = next(gen)
+            bar.n = min(int(rec.elapsed), bar.total)
+            if rec.kind == "step":
+                bar.set_postfix(step=rec.step, loss=f"{rec.loss:.4f}", refresh=False)
+            elif rec.kind == "validation" and rec.val_loss is not None:
+                bar.write(f"{rec.elapsed:6.1f} s  step {rec.step:5d}  held-out loss {rec.val_loss:.4f}"
+                          + (f"  F1 {rec.val_score:.4f}" if rec.val_score is not None else "")
+                          + ("  *" if rec.improved else "") + (f"  ({rec.message})" if rec.message else ""))
+            bar.refresh()
+    except StopIteration as stop:
+        result = stop.value
+    finally:
+        bar.close()
+    print(("accepted: " if result.accepted else "rejected: ") + result.reason)
+    print(f"{result.steps} steps in {result.seconds:.1f} s")
+    if result.saved_to:
+        print(f"saved {result.saved_to}")
+    return 0 if result.accepted else 3
 
 
 # --------------------------------------------------------------------------- demo
@@ -253,6 +279,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=None)
     p.add_argument("--json", help="write the report as JSON")
     p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("finetune", help="fine-tune a model on corrected examples (same folder layout as train)")
+    p.add_argument("--model", required=True, help="parent model name or path")
+    p.add_argument("--data", required=True, help="folder with images/ and masks/ (optional labels/)")
+    p.add_argument("-o", "--output", help="output weights path (default: a new version in the user models folder)")
+    p.add_argument("--max-seconds", type=float, default=60.0, help="time budget (default 60 s)")
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--l2sp", type=float, default=1e-2, help="pull towards the parent's weights (0 = off)")
+    p.add_argument("--patch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_cmd_finetune)
 
     p = sub.add_parser("demo", help="open napari on the bundled sample and segment it (headless without a display)")
     p.add_argument("--sample", choices=["ihc", "retina"], default="ihc")

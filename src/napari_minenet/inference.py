@@ -166,21 +166,28 @@ def _sample_boxes(h: int, w: int, max_pixels: int, tile: int) -> list[tuple[int,
 
 
 @torch.no_grad()
-def adapt_batchnorm(network: nn.Module, batches: Sequence[torch.Tensor]) -> nn.Module:
-    """A copy of ``network`` whose BatchNorm statistics are those of ``batches`` (AdaBN).
+def adapt_batchnorm(network: nn.Module, batch: torch.Tensor) -> nn.Module:
+    """A copy of ``network`` whose BatchNorm statistics are those of ``batch`` (AdaBN).
 
-    Each batch is one forward pass in training mode; statistics are averaged over the
-    batches. The original network is not changed.
+    Every BatchNorm gets the mean and (biased) variance of its own input over (N, H, W)
+    during one forward pass, which is exactly how BatchNorm normalises in training mode.
+    The original network is not changed.
     """
-    net = copy.deepcopy(network)
-    bns = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average over the batches given
-    net.train()
-    for batch in batches:
+    net = copy.deepcopy(network).to(batch.device).eval()
+
+    def set_statistics(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+        x = inputs[0]
+        module.running_mean.copy_(x.mean(dim=(0, 2, 3)))
+        module.running_var.copy_(x.var(dim=(0, 2, 3), unbiased=False))
+
+    handles = [m.register_forward_pre_hook(set_statistics) for m in net.modules()
+               if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    try:
         net(batch)
-    return net.eval()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return net
 
 
 def prepare_network(
@@ -196,8 +203,8 @@ def prepare_network(
         boxes = _sample_boxes(h, w, BN_SAMPLE_PIXELS, BN_SAMPLE_TILE)
         tiles = [normalizer(image[y0:y1, x0:x1]) for y0, y1, x0, x1 in boxes]
         batch = torch.from_numpy(np.stack(tiles)).to(device)
-        net = adapt_batchnorm(net.to(device), [batch])
-    fused = fuse_for_inference(net).to(device)
+        net = adapt_batchnorm(net, batch)
+    fused = fuse_for_inference(net).to(device)  # a copy: the caller's model is never modified
     if device.type == "cpu":
         fused = fused.to(memory_format=torch.channels_last)
     return fused

@@ -13,7 +13,10 @@ from .inference import CancelCheck, ProgressCallback, predict_tiled
 from .postprocess import labels_from_probability
 from .zoo import ModelCard, SegmentationModel, load_model
 
-__all__ = ["SegmentationResult", "segment", "segment_stack", "labels_for", "measure", "summarize", "split_planes"]
+__all__ = [
+    "SegmentationResult", "StackResult", "segment", "segment_stack", "labels_for", "measure", "summarize",
+    "split_planes", "save_measurements",
+]
 
 
 @dataclass
@@ -105,6 +108,60 @@ def split_planes(data: np.ndarray, rgb: bool | None = None) -> tuple[tuple[int, 
     return tuple(data.shape[: data.ndim - spatial]), bool(rgb)
 
 
+@dataclass
+class StackResult:
+    """Per-plane results of a stack, with labels assembled so ids are unique across planes."""
+
+    planes: list[SegmentationResult]
+    lead_shape: tuple[int, ...]
+
+    @property
+    def card(self) -> ModelCard:
+        return self.planes[0].card
+
+    @property
+    def threshold(self) -> float:
+        return self.planes[0].threshold
+
+    @property
+    def min_size(self) -> int:
+        return self.planes[0].min_size
+
+    @property
+    def instances(self) -> bool:
+        return self.planes[0].instances
+
+    @property
+    def labels(self) -> np.ndarray:
+        hw = self.planes[0].labels.shape
+        out = np.zeros(self.lead_shape + hw, np.uint32)
+        offset = 0
+        for index, plane in zip(np.ndindex(*self.lead_shape), self.planes):
+            labels = plane.labels
+            if plane.instances and offset:
+                labels = np.where(labels > 0, labels + offset, 0).astype(np.uint32)
+            out[index] = labels
+            if plane.instances:
+                offset = max(offset, int(labels.max()))
+        return out
+
+    @property
+    def probability(self) -> np.ndarray:
+        return np.stack([p.probability for p in self.planes]).reshape(
+            self.lead_shape + self.planes[0].probability.shape
+        )
+
+    @property
+    def count(self) -> int:
+        return sum(p.count for p in self.planes)
+
+    def relabel(self, threshold: float | None = None, min_size: int | None = None,
+                instances: bool | None = None) -> np.ndarray:
+        for plane in self.planes:
+            plane.relabel(threshold, min_size, instances)
+        return self.labels
+
+
 def segment_stack(
     data: np.ndarray,
     model: SegmentationModel | str = "nuclei",
@@ -113,32 +170,23 @@ def segment_stack(
     progress: Callable[[int, int], None] | None = None,
     cancel: CancelCheck | None = None,
     **kwargs,
-) -> tuple[np.ndarray, np.ndarray]:
+) -> StackResult:
     """Segment every 2-D plane of a stack (Z, H, W[, 3]), (T, Z, H, W[, 3]) ...
 
-    Returns (labels, probability) with the stack's leading shape + (H, W). ``progress``
-    counts planes. Instance ids are made unique across planes.
+    ``progress`` counts planes; ``cancel`` is checked between tiles. A 2-D image gives a
+    one-plane result.
     """
     model = load_model(model) if not isinstance(model, SegmentationModel) else model
     lead, rgb = split_planes(data, rgb)
-    hw = data.shape[len(lead) : len(lead) + 2]
     n = int(math.prod(lead)) if lead else 1
-    labels = np.zeros(lead + hw, np.uint32)
-    prob = np.zeros(lead + hw, np.float32)
-    offset = 0
+    planes = []
     for k, index in enumerate(np.ndindex(*lead) if lead else [()]):
         if progress is not None:
             progress(k, n)
-        result = segment(np.asarray(data[index]), model, cancel=cancel, **kwargs)
-        plane = result.labels
-        if result.instances and offset:
-            plane = np.where(plane > 0, plane + offset, 0).astype(np.uint32)
-        offset = max(offset, int(plane.max()))
-        labels[index] = plane
-        prob[index] = result.probability
+        planes.append(segment(np.asarray(data[index]), model, cancel=cancel, **kwargs))
     if progress is not None:
         progress(n, n)
-    return labels, prob
+    return StackResult(planes, lead)
 
 
 MEASUREMENT_PROPERTIES = ("label", "area", "centroid", "bbox", "eccentricity", "solidity", "perimeter",
@@ -173,3 +221,22 @@ def summarize(labels: np.ndarray, object_name: str = "objects", instances: bool 
     if areas.size == 0:
         return f"0 {object_name} found"
     return f"{areas.size} {object_name}, mean area {areas.mean():.0f} px"
+
+
+def save_measurements(path, labels: np.ndarray, image: np.ndarray | None = None) -> int:
+    """Write per-object measurements as CSV (atomically); returns the number of rows."""
+    import csv
+    import io
+
+    from .zoo import atomic_write_bytes
+
+    table = measure(labels, image)
+    columns = list(table)
+    n = len(table[columns[0]]) if columns else 0
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(columns)
+    for i in range(n):
+        writer.writerow([table[c][i].item() if hasattr(table[c][i], "item") else table[c][i] for c in columns])
+    atomic_write_bytes(path, buf.getvalue().encode("utf-8"))
+    return n

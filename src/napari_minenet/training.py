@@ -32,7 +32,8 @@ from .metrics import instance_metrics, mean_metrics, pixel_metrics
 from .model import count_parameters
 from .patches import Augmentation, PatchSampler, contour_target
 from .postprocess import labels_from_probability
-from .zoo import TASKS, ModelCard, SegmentationModel, atomic_write_bytes, atomic_write_json, save_model
+from .files import atomic_write_bytes, atomic_write_json
+from .zoo import TASKS, ModelCard, SegmentationModel, save_model
 
 __all__ = [
     "TrainConfig",
@@ -312,6 +313,7 @@ def fit(
     loss_fn: nn.Module | None = None,
     regularizer: Callable[[nn.Module], torch.Tensor] | None = None,
     cancel: Callable[[], bool] | None = None,
+    pause: Callable[[], bool] | None = None,
     checkpoint: Path | None = None,
     resume: Path | None = None,
     validate_instances: bool = False,
@@ -323,6 +325,7 @@ def fit(
     Stops after ``epochs`` epochs, after ``patience`` validations without improvement of
     the validation loss, when ``max_seconds`` have passed, or when ``cancel()`` is true
     (then :class:`Cancelled` is raised and ``model`` is restored to its initial weights).
+    While ``pause()`` is true the loop waits and the time budget does not run.
     At the end the network holds the weights with the best validation loss.
     """
     dev = select_device(device)
@@ -349,9 +352,18 @@ def fit(
         best_metrics, history = meta.get("best_metrics", {}), meta.get("history", [])
 
     start = time.perf_counter() - elapsed_before
+    paused_for = 0.0
 
     def elapsed() -> float:
-        return time.perf_counter() - start
+        return time.perf_counter() - start - paused_for
+
+    def wait_while_paused() -> None:
+        nonlocal paused_for
+        while pause is not None and pause():
+            if cancel is not None and cancel():
+                return
+            time.sleep(0.05)
+            paused_for += 0.05
 
     def lr_at(s: int) -> float:
         if lr_schedule == "constant":
@@ -389,6 +401,7 @@ def fit(
         net.train()
         while epoch < epochs:
             for _ in range(steps_per_epoch):
+                wait_while_paused()
                 if cancel is not None and cancel():
                     raise Cancelled()
                 if max_seconds is not None and elapsed() >= max_seconds:

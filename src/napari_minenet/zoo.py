@@ -15,19 +15,18 @@ temporary file in the target folder, is flushed to disk, then renamed over the t
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime as _dt
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
+from .files import atomic_write, atomic_write_bytes, atomic_write_json
 from .model import MiniNet
 
 __all__ = [
@@ -197,40 +196,6 @@ def user_models_dir(create: bool = False) -> Path:
     if create:
         path.mkdir(parents=True, exist_ok=True)
     return path
-
-
-# --------------------------------------------------------------------------- atomic writes
-
-
-@contextlib.contextmanager
-def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
-    """Open a temporary file beside ``path``; on success fsync and rename it over ``path``.
-
-    If the block raises (or the process dies), ``path`` keeps its previous content and
-    the temporary file is removed (or, after a hard crash, left as ``.<name>.*.tmp``).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode) as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    with atomic_write(path, "wb") as fh:
-        fh.write(data)
-
-
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode("utf-8"))
 
 
 # --------------------------------------------------------------------------- save / load

@@ -1,0 +1,461 @@
+"""Correct & learn section: corrected labels become examples on disk; fine-tune in a worker.
+
+Only layers, controls and threads live here; the examples folder is
+``napari_minenet.examples.ExampleStore`` and fine-tuning is ``finetuning.finetune``.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import napari
+import numpy as np
+from napari.qt.threading import create_worker
+from napari.utils import progress as napari_progress
+from qtpy.QtCore import QPointF, Qt, QTimer, Signal
+from qtpy.QtGui import QColor, QPainter, QPen
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QListWidget,
+    QListWidgetItem,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from . import _qt_common as common
+from ._layer_data import visible_box
+from ._segment_panel import EXPECTED_ERRORS, SegmentPanel
+from .data import InputError
+from .examples import ExampleStore, default_examples_folder
+from .finetuning import FinetuneConfig, FinetuneResult, finetune
+from .inference import Cancelled
+
+RECTANGLE_LAYER = "Mini-Net example region"
+
+
+class LossPlot(QWidget):
+    """A small live plot of the training loss (and held-out loss as dots)."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setMinimumHeight(70)
+        self.train: list[float] = []
+        self.held_out: list[tuple[int, float]] = []
+
+    def clear(self) -> None:
+        self.train, self.held_out = [], []
+        self.update()
+
+    def add_step(self, loss: float) -> None:
+        self.train.append(loss)
+        self.update()
+
+    def add_held_out(self, loss: float) -> None:
+        self.held_out.append((len(self.train), loss))
+        self.update()
+
+    def paintEvent(self, event: Any) -> None:  # noqa: N802 - Qt API
+        painter = QPainter(self)
+        painter.setRenderHint(QPainter.Antialiasing)
+        rect = self.rect().adjusted(4, 4, -4, -14)
+        painter.setPen(QPen(QColor(120, 120, 120), 1))
+        painter.drawRect(rect)
+        values = self.train + [v for _, v in self.held_out]
+        if len(values) < 2:
+            painter.drawText(rect, Qt.AlignCenter, "loss")
+            return
+        lo, hi = min(values), max(values)
+        hi = hi if hi > lo else lo + 1e-6
+        n = max(2, len(self.train))
+
+        def point(i: float, v: float) -> QPointF:
+            return QPointF(rect.left() + rect.width() * i / (n - 1), rect.bottom() - rect.height() * (v - lo) / (hi - lo))
+
+        painter.setPen(QPen(QColor(90, 170, 255), 1.5))
+        for i in range(1, len(self.train)):
+            painter.drawLine(point(i - 1, self.train[i - 1]), point(i, self.train[i]))
+        painter.setPen(QPen(QColor(255, 190, 60), 5))
+        for i, v in self.held_out:
+            painter.drawPoint(point(max(0, i - 1), v))
+        painter.setPen(QPen(QColor(170, 170, 170), 1))
+        painter.drawText(self.rect().adjusted(4, 0, -4, 0), Qt.AlignBottom | Qt.AlignLeft,
+                         f"loss (blue: training, orange: held-out)  {values[-1]:.3f}")
+
+
+class LearnPanel(QWidget):
+    """Controls of the "Correct & learn" section."""
+
+    finetuned = Signal(object)  # FinetuneResult
+
+    def __init__(self, viewer: napari.Viewer, segment_panel: SegmentPanel, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.viewer = viewer
+        self.segment_panel = segment_panel
+        self.store: ExampleStore | None = None
+        self.worker = None
+        self._cancel_event = threading.Event()
+        self._pause_event = threading.Event()
+        self._pbar = None
+        self._budget = 60
+        #: FinetuneConfig fields to override (advanced use and tests)
+        self.config_overrides: dict[str, Any] = {}
+
+        self.hint = QLabel(
+            "Correct the labels: paint missing objects with the brush, remove wrong ones with the eraser "
+            "(or fill with 0). Then add the corrected area as a training example."
+        )
+        self.hint.setWordWrap(True)
+        self.edited_label = QLabel("No corrections yet.")
+        self.folder_edit = QLineEdit()
+        self.folder_edit.setPlaceholderText("examples folder (chosen when you add the first example)")
+        self.folder_button = QToolButton()
+        self.folder_button.setText("...")
+        self.scope_combo = QComboBox()
+        self.scope_combo.addItem("Whole image", "image")
+        self.scope_combo.addItem("Visible region", "view")
+        self.scope_combo.addItem("Drawn rectangle", "rectangle")
+        self.add_button = QPushButton("Add as training example")
+        self.examples_list = QListWidget()
+        self.examples_list.setMaximumHeight(110)
+        self.count_label = QLabel("0 examples")
+        self.remove_button = QPushButton("Remove")
+        self.budget_spin = QSpinBox()
+        self.budget_spin.setRange(5, 3600)
+        self.budget_spin.setValue(60)
+        self.budget_spin.setSuffix(" s")
+        self.resegment_check = QCheckBox("Re-segment the image when done")
+        self.resegment_check.setChecked(True)
+        self.finetune_button = QPushButton("Fine-tune")
+        self.finetune_button.setMinimumHeight(32)
+        self.pause_button = QPushButton("Pause")
+        self.pause_button.setCheckable(True)
+        self.pause_button.setEnabled(False)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.progress_bar = QProgressBar()
+        self.progress_bar.setFormat("ready")
+        self.progress_bar.setValue(0)
+        self.status_label = QLabel("")
+        self.status_label.setWordWrap(True)
+        self.loss_plot = LossPlot()
+
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.hint)
+        layout.addWidget(self.edited_label)
+        folder_row = QHBoxLayout()
+        folder_row.addWidget(self.folder_edit)
+        folder_row.addWidget(self.folder_button)
+        form = QFormLayout()
+        form.addRow("Examples folder", folder_row)
+        form.addRow("Add", self.scope_combo)
+        layout.addLayout(form)
+        layout.addWidget(self.add_button)
+        list_row = QHBoxLayout()
+        list_row.addWidget(self.count_label)
+        list_row.addStretch(1)
+        list_row.addWidget(self.remove_button)
+        layout.addWidget(self.examples_list)
+        layout.addLayout(list_row)
+        tune_form = QFormLayout()
+        tune_form.addRow("Time budget", self.budget_spin)
+        layout.addLayout(tune_form)
+        layout.addWidget(self.resegment_check)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.finetune_button, 2)
+        buttons.addWidget(self.pause_button, 1)
+        buttons.addWidget(self.cancel_button, 1)
+        layout.addLayout(buttons)
+        layout.addWidget(self.progress_bar)
+        layout.addWidget(self.status_label)
+        layout.addWidget(self.loss_plot)
+
+        self._edit_timer = QTimer(self)
+        self._edit_timer.setSingleShot(True)
+        self._edit_timer.setInterval(300)
+        self._edit_timer.timeout.connect(self._update_edited)
+
+        self.folder_button.clicked.connect(self._choose_folder)
+        self.folder_edit.editingFinished.connect(lambda: self.open_store(self.folder_edit.text()))
+        self.scope_combo.currentIndexChanged.connect(self._on_scope_changed)
+        self.add_button.clicked.connect(self.add_example)
+        self.remove_button.clicked.connect(self.remove_selected)
+        self.finetune_button.clicked.connect(self.start_finetune)
+        self.pause_button.toggled.connect(self._on_pause)
+        self.cancel_button.clicked.connect(self.cancel)
+        segment_panel.segmented.connect(self._on_segmented)
+        self._refresh_list()
+
+    # ------------------------------------------------------------------ corrections
+
+    def _on_segmented(self, layer) -> None:
+        self.edited_label.setText("No corrections yet.")
+        layer.events.paint.connect(lambda _: self._edit_timer.start())
+        if self.store is None and not self.folder_edit.text():
+            image = self.segment_panel.source_layer
+            source = getattr(getattr(image, "source", None), "path", None) if image is not None else None
+            self.folder_edit.setText(str(default_examples_folder(source, image.name if image else "image")))
+
+    def edited_pixels(self) -> int | None:
+        """Pixels of the labels layer that differ from the prediction."""
+        panel = self.segment_panel
+        layer, result = panel.labels_layer, panel.result
+        if layer is None or result is None or layer not in self.viewer.layers:
+            return None
+        data = np.asarray(layer.data)
+        predicted = panel._full_plane(panel.region, result.labels, np.uint32)
+        if data.shape != predicted.shape:
+            return None
+        return int(np.count_nonzero((data > 0) != (predicted > 0)) + np.count_nonzero(
+            (data > 0) & (predicted > 0) & (data != predicted)))
+
+    def _update_edited(self) -> None:
+        n = self.edited_pixels()
+        if n is not None:
+            self.edited_label.setText(f"You changed {n:,} pixels." if n else "No corrections yet.")
+
+    # ------------------------------------------------------------------ examples
+
+    def _choose_folder(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Folder for training examples", self.folder_edit.text())
+        if folder:
+            self.open_store(folder)
+
+    def open_store(self, folder: str | Path) -> ExampleStore | None:
+        if not str(folder):
+            return None
+        try:
+            self.store = ExampleStore(folder)
+        except InputError as exc:
+            common.notify_error(str(exc))
+            self.store = None
+            return None
+        self.folder_edit.setText(str(folder))
+        self._refresh_list()
+        return self.store
+
+    def _on_scope_changed(self, *_: Any) -> None:
+        if self.scope_combo.currentData() == "rectangle":
+            layer = self._rectangle_layer(create=True)
+            self.viewer.layers.selection.active = layer
+            layer.mode = "add_rectangle"
+            common.notify_info("Draw a rectangle around the corrected area, then click 'Add as training example'.")
+
+    def _rectangle_layer(self, create: bool = False):
+        if RECTANGLE_LAYER in self.viewer.layers:
+            return self.viewer.layers[RECTANGLE_LAYER]
+        if not create:
+            return None
+        return self.viewer.add_shapes(name=RECTANGLE_LAYER, edge_color="yellow", face_color="transparent",
+                                      edge_width=3)
+
+    def _crop_box(self, labels_layer, shape: tuple[int, int]) -> tuple[int, int, int, int]:
+        """(y0, y1, x0, x1) in the labels plane for the chosen scope."""
+        h, w = shape
+        scope = self.scope_combo.currentData()
+        if scope == "view":
+            return visible_box(labels_layer, h, w)
+        if scope == "rectangle":
+            shapes = self._rectangle_layer()
+            if shapes is None or len(shapes.data) == 0:
+                raise InputError("Draw a rectangle first (a Shapes layer named "
+                                 f"'{RECTANGLE_LAYER}' was added for it).")
+            world = shapes.data_to_world(np.asarray(shapes.data[-1]))
+            corners = np.array([labels_layer.world_to_data(p) for p in world])[:, -2:]
+            y0, x0 = np.floor(corners.min(axis=0)).astype(int)
+            y1, x1 = np.ceil(corners.max(axis=0)).astype(int)
+            y0, x0, y1, x1 = max(0, y0), max(0, x0), min(h, y1), min(w, x1)
+            if y1 - y0 < 32 or x1 - x0 < 32:
+                raise InputError("The rectangle must cover at least 32 x 32 pixels of the labels.")
+            return int(y0), int(y1), int(x0), int(x1)
+        return 0, h, 0, w
+
+    def add_example(self) -> None:
+        """Save the corrected labels (whole / visible / rectangle) with the image pixels."""
+        panel = self.segment_panel
+        layer, region = panel.labels_layer, panel.region
+        if layer is None or layer not in self.viewer.layers or region is None:
+            common.notify_error("Segment an image first, then correct the labels and add them.")
+            return
+        if self.store is None and self.open_store(self.folder_edit.text()) is None:
+            common.notify_error("Choose a folder for the training examples first.")
+            return
+        labels = np.asarray(layer.data)
+        plane_index = region.lead_index or tuple(
+            int(s) for s in self.viewer.dims.current_step[: len(region.lead_shape)]
+        )
+        plane = labels[plane_index] if region.lead_shape else labels
+        image = region.data if region.lead_index is not None else region.data[plane_index]
+        try:
+            y0, y1, x0, x1 = self._crop_box(layer, plane.shape)
+            edited = self.edited_pixels()
+            record = self.store.add(
+                image[y0:y1, x0:x1], plane[y0:y1, x0:x1],
+                source=panel.source_layer.name if panel.source_layer is not None else "",
+                box=(y0 + region.offset[0], y1 + region.offset[0], x0 + region.offset[1], x1 + region.offset[1]),
+                model=panel.model.card.name if panel.model else "", edited_pixels=edited,
+            )
+        except (InputError, OSError) as exc:
+            common.notify_error(f"Could not add the example: {exc}")
+            return
+        if self.scope_combo.currentData() == "image":
+            layer.metadata["minenet_edited"] = False  # every correction is now saved on disk
+        self._refresh_list()
+        note = "" if edited else " (note: the labels were not corrected, so the model learns little from it)"
+        common.notify_info(f"Added example {record.id} ({y1 - y0} x {x1 - x0} px) to {self.store.folder}{note}")
+
+    def remove_selected(self) -> None:
+        item = self.examples_list.currentItem()
+        if item is None or self.store is None:
+            return
+        self.store.remove(item.data(Qt.UserRole))
+        self._refresh_list()
+
+    def _refresh_list(self) -> None:
+        self.examples_list.clear()
+        records = self.store.records if self.store is not None else []
+        for r in records:
+            size = f"{r.shape[0]} x {r.shape[1]}"
+            item = QListWidgetItem(f"{r.id}   {size}, {r.objects} objects")
+            item.setData(Qt.UserRole, r.id)
+            self.examples_list.addItem(item)
+        self.count_label.setText(f"{len(records)} example{'s' if len(records) != 1 else ''}")
+        self.finetune_button.setEnabled(bool(records) and self.worker is None)
+        self.remove_button.setEnabled(bool(records))
+
+    # ------------------------------------------------------------------ fine-tuning
+
+    def start_finetune(self, max_seconds: float | None = None) -> None:
+        """Fine-tune the selected model on the examples in a worker thread."""
+        if self.worker is not None:
+            return
+        parent = self.segment_panel.model
+        if parent is None:
+            common.notify_error("Choose a model to fine-tune first.")
+            return
+        if self.store is None or len(self.store) == 0:
+            common.notify_error("Add at least one corrected example first.")
+            return
+        try:
+            examples = self.store.load()
+        except (InputError, OSError) as exc:
+            common.notify_error(f"Cannot read the examples: {exc}")
+            return
+        budget = float(max_seconds if max_seconds else self.budget_spin.value())
+        cfg = FinetuneConfig(max_seconds=budget, device=self.segment_panel.device_combo.currentData(),
+                             **self.config_overrides)
+        cancel, pause = threading.Event(), threading.Event()
+        self._cancel_event, self._pause_event = cancel, pause
+        sources = [f"{self.store.folder}/{r.id}" for r in self.store.records]
+
+        def job():
+            try:
+                return (yield from finetune(parent, examples, cfg, cancel=cancel.is_set, pause=pause.is_set,
+                                            example_sources=sources))
+            except EXPECTED_ERRORS as exc:
+                return common.Failed(exc)
+
+        self._budget = budget
+        self.loss_plot.clear()
+        self._set_running(True)
+        self._pbar = napari_progress(total=int(budget), desc=f"Mini-Net: fine-tuning {parent.card.name}")
+        self.worker = create_worker(job)
+        self.worker.yielded.connect(self._on_record)
+        self.worker.returned.connect(self._on_returned)
+        self.worker.finished.connect(self._on_finished)
+        self.worker.start()
+
+    def _on_record(self, rec) -> None:
+        self.progress_bar.setMaximum(int(self._budget))
+        self.progress_bar.setValue(min(int(rec.elapsed), int(self._budget)))
+        self.progress_bar.setFormat(f"{rec.elapsed:.0f} / {self._budget:.0f} s")
+        if self._pbar is not None:
+            self._pbar.n = min(int(rec.elapsed), int(self._budget))
+            self._pbar.refresh()
+        if rec.kind == "step" and rec.loss is not None:
+            self.loss_plot.add_step(rec.loss)
+            self._last_loss = rec.loss
+        elif rec.kind == "validation" and rec.val_loss is not None and np.isfinite(rec.val_loss):
+            self.loss_plot.add_held_out(rec.val_loss)
+            self._last_val = rec.val_score
+        parts = [f"step {rec.step}"]
+        if getattr(self, "_last_loss", None) is not None:
+            parts.append(f"loss {self._last_loss:.3f}")
+        if getattr(self, "_last_val", None) is not None:
+            parts.append(f"held-out F1 {self._last_val:.3f}")
+        parts.append(f"{rec.elapsed:.0f} s")
+        self.status_label.setText(" · ".join(parts))
+
+    def _on_pause(self, paused: bool) -> None:
+        if paused:
+            self._pause_event.set()
+            self.pause_button.setText("Resume")
+        else:
+            self._pause_event.clear()
+            self.pause_button.setText("Pause")
+
+    def cancel(self) -> None:
+        self._cancel_event.set()
+        self._pause_event.clear()
+        self.cancel_button.setEnabled(False)
+        self.progress_bar.setFormat("cancelling...")
+
+    def _set_running(self, running: bool) -> None:
+        self.finetune_button.setEnabled(not running)
+        self.cancel_button.setEnabled(running)
+        self.pause_button.setEnabled(running)
+        self.add_button.setEnabled(not running)
+        if not running:
+            self.pause_button.setChecked(False)
+        else:
+            self._last_loss = self._last_val = None
+            self.progress_bar.setValue(0)
+            self.status_label.setText("checking the current model on the held-out corrections...")
+
+    def _on_finished(self) -> None:
+        self.worker = None
+        if self._pbar is not None:
+            self._pbar.close()
+            self._pbar = None
+        self._set_running(False)
+        self._refresh_list()
+
+    def _on_returned(self, out) -> None:
+        if isinstance(out, common.Failed) and isinstance(out.error, Cancelled):
+            self.progress_bar.setFormat("cancelled")
+            common.notify_info("Fine-tuning cancelled; the selected model is unchanged.")
+            return
+        if isinstance(out, common.Failed):
+            self.progress_bar.setFormat("failed")
+            common.notify_error(f"Fine-tuning failed: {out}")
+            return
+        result: FinetuneResult = out
+        self.progress_bar.setValue(self.progress_bar.maximum())
+        before, after = result.before.get("f1"), result.after.get("f1")
+        scores = f" (held-out F1 {before:.3f} -> {after:.3f})" if before is not None and after is not None else ""
+        if not result.accepted:
+            self.progress_bar.setFormat("kept the current model")
+            common.notify_warning(f"The fine-tuned version was not better, so it was not kept{scores}. "
+                                  "Add more or larger corrected examples and try again.")
+            self.status_label.setText(result.reason)
+            self.finetuned.emit(result)
+            return
+        self.progress_bar.setFormat("new version saved")
+        self.status_label.setText(f"{result.model.card.name}: {result.steps} steps in {result.seconds:.0f} s{scores}")
+        common.notify_info(f"Saved and selected {result.model.card.name}{scores}")
+        self.segment_panel.select_model(result.saved_to)
+        self.finetuned.emit(result)
+        if self.resegment_check.isChecked() and self.segment_panel.image_layer() is not None:
+            self.segment_panel.run()

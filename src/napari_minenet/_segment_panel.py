@@ -1,0 +1,470 @@
+"""Segment section of the dock widget: pick image and model, segment in a worker, live threshold.
+
+Only layers, controls and threads live here; segmentation itself is
+``napari_minenet.segmentation.segment`` / ``segment_stack``.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import napari
+import numpy as np
+from napari.qt.threading import create_worker
+from napari.utils import progress as napari_progress
+from qtpy.QtCore import Qt, QTimer, Signal
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QSlider,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from . import _qt_common as common
+from ._layer_data import ImageRegion, image_region, layer_lead_shape
+from .data import InputError
+from .inference import Cancelled, device_report
+from .segmentation import SegmentationResult, StackResult, save_measurements, segment, segment_stack, summarize
+from .zoo import ModelLoadError, SegmentationModel, load_model
+
+EXPECTED_ERRORS = (InputError, ModelLoadError, Cancelled, RuntimeError, ValueError, MemoryError, OSError)
+
+
+class SegmentPanel(QWidget):
+    """Controls of the "Segment" section; emits ``segmented`` with the labels layer."""
+
+    segmented = Signal(object)  # the Labels layer
+    model_changed = Signal(object)  # SegmentationModel
+
+    def __init__(self, viewer: napari.Viewer, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.viewer = viewer
+        self.worker = None
+        self.relabel_worker = None
+        self.result: SegmentationResult | StackResult | None = None
+        self.labels_layer: napari.layers.Labels | None = None
+        self.source_layer: napari.layers.Image | None = None
+        self.region: ImageRegion | None = None
+        self.model: SegmentationModel | None = None
+        self._cancel_event = threading.Event()
+        self._pbar = None
+        self._pending_relabel = False
+
+        # --- inputs
+        self.image_combo = QComboBox()
+        self.image_combo.setToolTip("Image layer to segment (follows the selected layer)")
+        self.model_picker = common.ModelPicker()
+        self.model_picker.setToolTip("Built-in models, your fine-tuned versions, or a model file")
+        self.device_combo = QComboBox()
+        found = device_report()
+        self.device_combo.addItem(f"Auto ({found.get('cuda', found.get('mps', found['cpu']))})", "auto")
+        self.device_combo.addItem(found["cpu"], "cpu")
+        if "cuda" in found:
+            self.device_combo.addItem(found["cuda"], "cuda")
+        if "mps" in found:
+            self.device_combo.addItem(found["mps"], "mps")
+        self.slices_combo = QComboBox()
+        self.slices_combo.addItem("Current slice", False)
+        self.slices_combo.addItem("All slices", True)
+        self.region_combo = QComboBox()
+        self.region_combo.addItem("Whole image (tiled)", False)
+        self.region_combo.addItem("Visible region only", True)
+        self.region_combo.setToolTip("For very large images: segment only what is on the canvas")
+        self.instances_check = QCheckBox("One label per object")
+        self.probability_check = QCheckBox("Also show the probability map")
+
+        # --- run
+        self.run_button = QPushButton("Segment")
+        self.run_button.setMinimumHeight(36)
+        font = self.run_button.font()
+        font.setBold(True)
+        font.setPointSize(font.pointSize() + 1)
+        self.run_button.setFont(font)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.progress_bar = QProgressBar()
+        self.progress_bar.setTextVisible(True)
+        self.progress_bar.setFormat("ready")
+        self.progress_bar.setValue(0)
+
+        # --- live post-processing
+        self.threshold_slider = QSlider(Qt.Horizontal)
+        self.threshold_slider.setRange(1, 99)
+        self.threshold_slider.setValue(50)
+        self.threshold_label = QLabel("0.50")
+        self.threshold_label.setMinimumWidth(32)
+        self.min_size_spin = QSpinBox()
+        self.min_size_spin.setRange(0, 100_000)
+        self.min_size_spin.setSuffix(" px")
+        self.min_size_spin.setToolTip("Objects smaller than this are removed")
+        self.summary_label = QLabel("")
+        self.summary_label.setWordWrap(True)
+        self.export_button = QPushButton("Export measurements...")
+        self.export_button.setEnabled(False)
+
+        form = QFormLayout()
+        form.addRow("Image", self.image_combo)
+        form.addRow("Model", self.model_picker)
+        form.addRow("Device", self.device_combo)
+        form.addRow("Stack", self.slices_combo)
+        form.addRow("Region", self.region_combo)
+        form.addRow("", self.instances_check)
+        form.addRow("", self.probability_check)
+        run_row = QHBoxLayout()
+        run_row.addWidget(self.run_button, 3)
+        run_row.addWidget(self.cancel_button, 1)
+        thr_row = QHBoxLayout()
+        thr_row.addWidget(self.threshold_slider)
+        thr_row.addWidget(self.threshold_label)
+        post = QFormLayout()
+        post.addRow("Threshold", thr_row)
+        post.addRow("Minimum size", self.min_size_spin)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addLayout(form)
+        layout.addLayout(run_row)
+        layout.addWidget(self.progress_bar)
+        layout.addLayout(post)
+        layout.addWidget(self.summary_label)
+        layout.addWidget(self.export_button)
+
+        self._relabel_timer = QTimer(self)
+        self._relabel_timer.setSingleShot(True)
+        self._relabel_timer.setInterval(120)
+        self._relabel_timer.timeout.connect(self.relabel)
+
+        # --- wiring
+        self.run_button.clicked.connect(self.run)
+        self.cancel_button.clicked.connect(self.cancel)
+        self.model_picker.model_selected.connect(self._on_model_selected)
+        self.threshold_slider.valueChanged.connect(self._on_threshold_moved)
+        self.min_size_spin.valueChanged.connect(lambda _: self._relabel_timer.start())
+        self.export_button.clicked.connect(self.export_measurements)
+        self.image_combo.currentIndexChanged.connect(self._update_stack_controls)
+        viewer.layers.events.inserted.connect(self._refresh_images)
+        viewer.layers.events.removed.connect(self._refresh_images)
+        viewer.layers.events.moved.connect(self._refresh_images)
+        viewer.layers.selection.events.active.connect(self._follow_active)
+        self._refresh_images()
+        self._on_model_selected(self.model_picker.current_path())
+
+    # ------------------------------------------------------------------ layers
+
+    def _image_layers(self) -> list:
+        return [layer for layer in self.viewer.layers if isinstance(layer, napari.layers.Image)]
+
+    def _refresh_images(self, event: Any = None) -> None:
+        current = self.image_combo.currentText()
+        self.image_combo.blockSignals(True)
+        self.image_combo.clear()
+        for layer in self._image_layers():
+            self.image_combo.addItem(layer.name)
+        index = self.image_combo.findText(current)
+        active = self.viewer.layers.selection.active
+        if isinstance(active, napari.layers.Image):
+            index = self.image_combo.findText(active.name)
+        self.image_combo.setCurrentIndex(max(0, index))
+        self.image_combo.blockSignals(False)
+        for layer in self._image_layers():
+            try:
+                layer.events.name.disconnect(self._refresh_images)
+            except (TypeError, ValueError, RuntimeError):
+                pass
+            layer.events.name.connect(self._refresh_images)
+        self._update_stack_controls()
+
+    def _follow_active(self, event: Any = None) -> None:
+        active = self.viewer.layers.selection.active
+        if isinstance(active, napari.layers.Image):
+            index = self.image_combo.findText(active.name)
+            if index >= 0:
+                self.image_combo.setCurrentIndex(index)
+
+    def image_layer(self):
+        name = self.image_combo.currentText()
+        return self.viewer.layers[name] if name and name in self.viewer.layers else None
+
+    def _update_stack_controls(self, *_: Any) -> None:
+        layer = self.image_layer()
+        has_stack = bool(layer is not None and layer_lead_shape(layer))
+        self.slices_combo.setEnabled(has_stack)
+
+    # ------------------------------------------------------------------ model
+
+    def _on_model_selected(self, path: str | None) -> None:
+        if not path:
+            return
+        try:
+            self.model = load_model(path)
+        except ModelLoadError as exc:
+            self.model = None
+            self.run_button.setText("Segment")
+            self.run_button.setEnabled(False)
+            common.notify_error(f"Cannot use this model: {exc}")
+            return
+        card = self.model.card
+        self.run_button.setEnabled(self.worker is None)
+        self.run_button.setText(card.button_text)
+        self.instances_check.setChecked(card.instances)
+        self.min_size_spin.blockSignals(True)
+        self.min_size_spin.setValue(card.min_size)
+        self.min_size_spin.blockSignals(False)
+        self._set_threshold(card.default_threshold)
+        self.model_changed.emit(self.model)
+
+    def select_model(self, path: str | Path) -> None:
+        """Select a model by weights path (used by the fine-tune and models sections)."""
+        self.model_picker.refresh(select=str(path))
+
+    # ------------------------------------------------------------------ running
+
+    def _output_name(self, layer, model: SegmentationModel) -> str:
+        return f"{layer.name} {model.card.object_name}"
+
+    def run(self) -> None:
+        """Segment the chosen image with the chosen model in a worker thread."""
+        if self.worker is not None:
+            return
+        layer = self.image_layer()
+        if layer is None:
+            common.notify_error("Open an image first: there is no image layer to segment.")
+            return
+        if self.model is None:
+            common.notify_error("Choose a model that loads without errors first.")
+            return
+        try:
+            region = image_region(layer, self.viewer, all_slices=bool(self.slices_combo.currentData()),
+                                  visible_only=bool(self.region_combo.currentData()))
+        except InputError as exc:
+            common.notify_error(str(exc))
+            return
+        name = self._output_name(layer, self.model)
+        existing = self.viewer.layers[name] if name in self.viewer.layers else None
+        if existing is not None and existing.metadata.get("minenet_edited") and not common.confirm(
+            self, "Replace edited labels?", f"'{name}' has your corrections. Replace it with a new segmentation?"
+        ):
+            return
+
+        model, device = self.model, self.device_combo.currentData()
+        instances = self.instances_check.isChecked()
+        cancel = threading.Event()
+        self._cancel_event = cancel
+        relay = common.Relay(self)
+        relay.progressed.connect(self._on_progress)
+        stack = region.lead_index is None and bool(region.lead_shape)
+
+        def job():
+            try:
+                if stack:
+                    return segment_stack(region.data, model, rgb=region.rgb, progress=relay.progressed.emit,
+                                         cancel=cancel.is_set, device=device, instances=instances)
+                return segment(region.data, model, progress=relay.progressed.emit, cancel=cancel.is_set,
+                               device=device, instances=instances)
+            except EXPECTED_ERRORS as exc:
+                return common.Failed(exc)
+
+        self._set_running(True, f"segmenting {layer.name} ({region.description})")
+        self._pbar = napari_progress(total=0, desc=f"Mini-Net: {model.card.button_text.lower()} in {layer.name}")
+        self.worker = create_worker(job)
+        self.worker.returned.connect(lambda out: self._on_returned(out, layer, region, model, name))
+        self.worker.finished.connect(self._on_finished)
+        self.worker.start()
+
+    def cancel(self) -> None:
+        """Stop the running segmentation after the current tile."""
+        self._cancel_event.set()
+        self.cancel_button.setEnabled(False)
+        self.progress_bar.setFormat("cancelling...")
+
+    def _on_progress(self, done: int, total: int) -> None:
+        self.progress_bar.setMaximum(max(1, total))
+        self.progress_bar.setValue(done)
+        self.progress_bar.setFormat(f"%v / %m {'tiles' if total else ''}")
+        if self._pbar is not None:
+            if self._pbar.total != total:
+                self._pbar.total = total
+            self._pbar.n = done
+            self._pbar.refresh()
+
+    def _set_running(self, running: bool, message: str = "") -> None:
+        self.run_button.setEnabled(not running and self.model is not None)
+        self.cancel_button.setEnabled(running)
+        if running:
+            self.progress_bar.setValue(0)
+            self.progress_bar.setMaximum(0)  # busy until the first tile reports
+            self.progress_bar.setFormat(message)
+            self.progress_bar.setToolTip(message)
+
+    def _on_finished(self) -> None:
+        self.worker = None
+        if self._pbar is not None:
+            self._pbar.close()
+            self._pbar = None
+        self._set_running(False)
+
+    def _on_returned(self, out, layer, region: ImageRegion, model: SegmentationModel, name: str) -> None:
+        self.progress_bar.setMaximum(100)
+        if isinstance(out, common.Failed) and isinstance(out.error, Cancelled):
+            self.progress_bar.setValue(0)
+            self.progress_bar.setFormat("cancelled")
+            common.notify_info("Segmentation cancelled; nothing was changed.")
+            return
+        if isinstance(out, common.Failed):
+            self.progress_bar.setValue(0)
+            self.progress_bar.setFormat("failed")
+            common.notify_error(f"Segmentation failed: {out}")
+            return
+        self.progress_bar.setValue(100)
+        self.progress_bar.setFormat("done")
+        self.result, self.region, self.source_layer = out, region, layer
+        self._set_threshold(out.threshold)
+        self._show_labels(layer, region, name, out.labels)
+        if self.probability_check.isChecked():
+            self._show_probability(layer, region, name, out.probability)
+        self._update_summary()
+        self.segmented.emit(self.labels_layer)
+
+    # ------------------------------------------------------------------ output layers
+
+    def _full_plane(self, region: ImageRegion, plane: np.ndarray, dtype) -> np.ndarray:
+        """Labels for the whole layer shape, with ``plane`` in the segmented slice."""
+        if region.lead_index is None or not region.lead_shape:
+            return plane.astype(dtype, copy=True)  # the layer is edited; the prediction stays as it was
+        full = np.zeros(region.labels_shape, dtype)
+        full[region.lead_index] = plane
+        return full
+
+    def _placement(self, layer, region: ImageRegion) -> dict:
+        scale = np.asarray(layer.scale)[-len(region.labels_shape):] if layer.scale is not None else None
+        translate = np.asarray(layer.translate, dtype=float)[-len(region.labels_shape):].copy()
+        if scale is not None:
+            translate[-2:] += np.asarray(region.offset) * scale[-2:]
+        return {"scale": scale, "translate": translate}
+
+    def _show_labels(self, layer, region: ImageRegion, name: str, labels: np.ndarray) -> None:
+        data = self._full_plane(region, labels, np.uint32)
+        placement = self._placement(layer, region)
+        if name in self.viewer.layers and isinstance(self.viewer.layers[name], napari.layers.Labels):
+            target = self.viewer.layers[name]
+            target.data = data
+            target.scale, target.translate = placement["scale"], placement["translate"]
+        else:
+            target = self.viewer.add_labels(data, name=name, opacity=0.5, **placement)
+            target.contour = 1 if self.result is not None and self.result.instances else 0
+            target.events.paint.connect(lambda event, t=target: t.metadata.__setitem__("minenet_edited", True))
+        target.metadata["minenet_edited"] = False
+        target.metadata["minenet_model"] = str(self.model.path) if self.model and self.model.path else ""
+        target.metadata["minenet_image"] = layer.name
+        target.metadata["minenet_offset"] = tuple(int(v) for v in region.offset)
+        target.metadata["minenet_slice"] = region.lead_index
+        self.labels_layer = target
+        self.viewer.layers.selection.active = target
+
+    def _show_probability(self, layer, region: ImageRegion, name: str, probability: np.ndarray) -> None:
+        data = self._full_plane(region, probability, np.float32)
+        pname = f"{name} probability"
+        if pname in self.viewer.layers:
+            self.viewer.layers[pname].data = data
+        else:
+            self.viewer.add_image(data, name=pname, colormap="magma", opacity=0.6, blending="additive",
+                                  contrast_limits=(0.0, 1.0), visible=True, **self._placement(layer, region))
+            if self.labels_layer is not None:
+                self.viewer.layers.selection.active = self.labels_layer
+
+    # ------------------------------------------------------------------ live threshold / min size
+
+    def _set_threshold(self, value: float) -> None:
+        self.threshold_slider.blockSignals(True)
+        self.threshold_slider.setValue(int(round(value * 100)))
+        self.threshold_slider.blockSignals(False)
+        self.threshold_label.setText(f"{value:.2f}")
+
+    def _on_threshold_moved(self, value: int) -> None:
+        self.threshold_label.setText(f"{value / 100:.2f}")
+        self._relabel_timer.start()
+
+    def relabel(self) -> None:
+        """Re-threshold the cached probabilities (no network run) in a worker; latest wins."""
+        if self.result is None or self.labels_layer is None:
+            return
+        if self.relabel_worker is not None:
+            self._pending_relabel = True
+            return
+        if self.labels_layer.metadata.get("minenet_edited") and not common.confirm(
+            self, "Discard corrections?", "Changing the threshold recomputes the labels and discards your edits."
+        ):
+            self._set_threshold(self.result.threshold)
+            return
+        threshold = self.threshold_slider.value() / 100
+        min_size = self.min_size_spin.value()
+        instances = self.instances_check.isChecked()
+        result = self.result
+
+        def job():
+            return result.relabel(threshold=threshold, min_size=min_size, instances=instances)
+
+        self.relabel_worker = create_worker(job)
+        self.relabel_worker.returned.connect(self._on_relabelled)
+        self.relabel_worker.finished.connect(self._on_relabel_finished)
+        self.relabel_worker.start()
+
+    def _on_relabelled(self, labels: np.ndarray) -> None:
+        layer = self.labels_layer
+        if layer is None or layer not in self.viewer.layers:
+            return
+        layer.data = self._full_plane(self.region, labels, np.uint32)
+        layer.metadata["minenet_edited"] = False
+        self._update_summary()
+
+    def _on_relabel_finished(self) -> None:
+        self.relabel_worker = None
+        if self._pending_relabel:
+            self._pending_relabel = False
+            self.relabel()
+
+    # ------------------------------------------------------------------ results
+
+    def _update_summary(self) -> None:
+        if self.result is None:
+            return
+        card = self.result.card
+        self.summary_label.setText(summarize(self.result.labels, card.object_name, self.result.instances))
+        self.export_button.setEnabled(True)
+
+    def export_measurements(self, path: str | None = None) -> None:
+        """Per-object measurements of the current labels layer (with the user's edits) to CSV."""
+        layer = self.labels_layer
+        if layer is None or layer not in self.viewer.layers:
+            common.notify_error("Segment an image first: there are no labels to measure.")
+            return
+        if not path:
+            default = str(Path.home() / f"{layer.name.replace(' ', '_')}_measurements.csv")
+            path, _ = QFileDialog.getSaveFileName(self, "Export measurements", default, "CSV (*.csv)")
+            if not path:
+                return
+        labels = np.asarray(layer.data)
+        region = self.region
+        if region is not None and region.lead_index:
+            labels = labels[region.lead_index]
+        image = None
+        if region is not None and region.lead_index is not None and labels.ndim == 2:
+            image = region.data if region.data.shape[: 2] == labels.shape else None
+        if labels.ndim != 2:
+            common.notify_error("Measurements are exported for one 2-D plane; choose 'Current slice'.")
+            return
+        try:
+            n = save_measurements(path, labels, image)
+        except (OSError, ValueError) as exc:
+            common.notify_error(f"Could not write {path}: {exc}")
+            return
+        common.notify_info(f"Saved measurements of {n} objects to {path}")

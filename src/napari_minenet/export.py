@@ -1,0 +1,112 @@
+"""Export a model to ONNX (runs anywhere ONNX Runtime runs, without PyTorch).
+
+The exported graph takes ``image``: float32 (N, C, H, W) with pixel values scaled to
+0..1 (uint8 / 255) and H, W multiples of 4, and returns ``probability``: (N, C_out, H, W)
+after the sigmoid (channel 0 foreground, channel 1 contours when the model has them).
+The card's mean / std normalisation is inside the graph.
+
+Models whose card says ``bn_statistics == "image"`` normalise with the statistics of the
+image they see (AdaBN), exactly like ``segment`` does on an image that fits in one tile:
+every BatchNorm becomes "normalise with the mean / variance of this input over N, H, W".
+Give the whole image (N = 1); for huge images, use ``napari-minenet segment`` or compute
+statistics on a sample as docs/export.md explains. The model card is written beside the
+.onnx file as JSON (thresholds, post-processing options).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .model import MiniNet, fuse_for_inference
+from .files import atomic_write_bytes, atomic_write_json
+from .zoo import SegmentationModel, load_model
+
+__all__ = ["export_onnx", "ExportWrapper", "InputStatisticsNorm"]
+
+
+class InputStatisticsNorm(nn.Module):
+    """BatchNorm that always uses the statistics of its input (biased variance), as
+    BatchNorm does in training mode; exportable to ONNX as plain arithmetic."""
+
+    def __init__(self, bn: nn.BatchNorm2d) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(bn.weight.detach().clone())
+        self.bias = nn.Parameter(bn.bias.detach().clone())
+        self.eps = bn.eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = x.mean(dim=(0, 2, 3), keepdim=True)
+        var = (x - mean).pow(2).mean(dim=(0, 2, 3), keepdim=True)
+        return (x - mean) * torch.rsqrt(var + self.eps) * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+
+
+def _swap_batchnorm(module: nn.Module) -> None:
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d):
+            setattr(module, name, InputStatisticsNorm(child))
+        else:
+            _swap_batchnorm(child)
+
+
+class ExportWrapper(nn.Module):
+    """0..1 pixels in, probabilities out; normalisation and sigmoid inside."""
+
+    def __init__(self, model: SegmentationModel) -> None:
+        super().__init__()
+        card = model.card
+        if card.bn_statistics == "image":
+            net = copy.deepcopy(model.network).eval()
+            _swap_batchnorm(net)
+        else:
+            net = fuse_for_inference(model.network)
+        self.net: MiniNet = net
+        c = card.in_channels
+        mean = torch.tensor(card.normalization.get("mean", [0.0] * c), dtype=torch.float32)[:c]
+        std = torch.tensor(card.normalization.get("std", [1.0] * c), dtype=torch.float32)[:c]
+        self.register_buffer("mean", mean.view(1, -1, 1, 1))
+        self.register_buffer("std", std.view(1, -1, 1, 1))
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        x = (image - self.mean) / self.std
+        net = self.net
+        e1 = net.enc1(net.stem(x))
+        e2 = net.enc2(net.down1(e1))
+        b = net.bottleneck(net.down2(e2))
+        d2 = net.dec2(net.up2(b), skip=e2)
+        d1 = net.dec1(net.up1(d2), skip=e1)
+        return torch.sigmoid(net.classifier(torch.relu(net.head(d1))))
+
+
+def export_onnx(model: SegmentationModel | str, path: str | Path, *, opset: int = 17) -> Path:
+    """Write ``path`` (.onnx) and ``path.json`` (the model card); returns the .onnx path."""
+    try:
+        import onnx  # noqa: F401
+    except ImportError as exc:
+        raise ImportError("ONNX export needs the 'onnx' package: pip install 'napari-minenet[onnx]'") from exc
+    model = load_model(model) if not isinstance(model, SegmentationModel) else model
+    path = Path(path)
+    if path.suffix.lower() != ".onnx":
+        path = path.with_suffix(".onnx")
+    wrapper = ExportWrapper(model).eval()
+    example = torch.rand(1, model.card.in_channels, 64, 64)
+    import io
+
+    buffer = io.BytesIO()
+    with torch.no_grad():
+        torch.onnx.export(
+            wrapper, (example,), buffer, input_names=["image"], output_names=["probability"],
+            dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"},
+                          "probability": {0: "batch", 2: "height", 3: "width"}},
+            opset_version=opset, dynamo=False,
+        )
+    atomic_write_bytes(path, buffer.getvalue())
+    card = dataclasses.asdict(model.card)
+    card["onnx"] = {"input": "image: float32 (N, C, H, W), pixels / 255 (0..1), H and W multiples of 4",
+                    "output": "probability: float32 (N, C_out, H, W)", "opset": opset}
+    atomic_write_json(path.with_suffix(".json"), card)
+    return path

@@ -1,0 +1,65 @@
+"""Writing files so that a crash never leaves half a file: temporary file, fsync, rename."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_json", "write_tiff", "write_png"]
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
+    """Open a temporary file beside ``path``; on success fsync and rename it over ``path``.
+
+    If the block raises (or the process dies), ``path`` keeps its previous content and
+    the temporary file is removed (or, after a hard crash, left as ``.<name>.*.tmp``).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        # mkstemp makes owner-only files; keep the target's mode, or the usual rw-r--r--
+        os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o644)
+        with os.fdopen(fd, mode) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_write(path, "wb") as fh:
+        fh.write(data)
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode("utf-8"))
+
+
+
+def write_tiff(path: str | os.PathLike, array: np.ndarray, **kwargs: Any) -> None:
+    """zlib-compressed TIFF, written atomically."""
+    import tifffile
+
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, array, compression="zlib", **kwargs)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def write_png(path: str | os.PathLike, array: np.ndarray) -> None:
+    """PNG (uint8 grey or RGB), written atomically."""
+    import imageio.v3 as iio
+
+    atomic_write_bytes(path, iio.imwrite("<bytes>", array, extension=".png"))

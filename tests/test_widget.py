@@ -1,0 +1,346 @@
+"""The dock widget in a real napari viewer (pytest-qt + make_napari_viewer; Xvfb via pytest-xvfb)."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from qtpy.QtCore import Qt
+
+pytest.importorskip("napari")
+pytest.importorskip("qtpy")
+
+import napari_minenet._qt_common as common  # noqa: E402
+from napari_minenet import inference  # noqa: E402
+from napari_minenet._widget import MiniNetWidget  # noqa: E402
+from napari_minenet.examples import ExampleStore  # noqa: E402
+from napari_minenet.zoo import ModelCard, SegmentationModel, save_model, user_models_dir  # noqa: E402
+
+pytestmark = pytest.mark.gui
+
+
+@pytest.fixture(autouse=True)
+def user_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("NAPARI_MINENET_HOME", str(tmp_path / "home"))
+    torch.set_num_threads(1)
+    return tmp_path / "home"
+
+
+@pytest.fixture
+def notes(monkeypatch):
+    """Every notification the widget shows, by kind."""
+    seen = {"error": [], "warning": [], "info": []}
+    monkeypatch.setattr(common, "show_error", lambda m: seen["error"].append(str(m)))
+    monkeypatch.setattr(common, "show_warning", lambda m: seen["warning"].append(str(m)))
+    monkeypatch.setattr(common, "show_info", lambda m: seen["info"].append(str(m)))
+    return seen
+
+
+def _make_model(name: str = "testnuclei", **card) -> Path:
+    torch.manual_seed(0)
+    card = {"task": "nuclei", "out_channels": 2, "instances": True, "tile_size": 256, "tile_overlap": 64, **card}
+    model = SegmentationModel.new(ModelCard(name=name, **card))
+    return save_model(model, user_models_dir(create=True) / name)
+
+
+def _blobs(size: int = 192, seed: int = 0) -> np.ndarray:
+    """Light RGB background with dark purple discs (nuclei-like)."""
+    from skimage.draw import disk
+
+    rng = np.random.default_rng(seed)
+    img = np.full((size, size, 3), (235, 215, 230), np.uint8)
+    for _ in range(size * size // 900):
+        r, c = rng.integers(10, size - 10, 2)
+        rr, cc = disk((r, c), int(rng.integers(5, 9)), shape=img.shape[:2])
+        img[rr, cc] = (90, 60, 150)
+    return (img.astype(np.int16) + rng.integers(-10, 10, img.shape)).clip(0, 255).astype(np.uint8)
+
+
+def _widget(make_napari_viewer, qtbot, model_path: Path, image: np.ndarray | None = None):
+    viewer = make_napari_viewer(show=False)
+    if image is not None:
+        viewer.add_image(image, name="tissue", rgb=image.ndim == 3 and image.shape[-1] == 3)
+    widget = MiniNetWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Mini-Net")
+    panel = widget.segment_panel
+    panel.select_model(model_path)
+    assert panel.model is not None and panel.model.card.name == Path(model_path).stem
+    return viewer, widget
+
+
+def _wait_idle(qtbot, panel, timeout: int = 60_000) -> None:
+    qtbot.waitUntil(lambda: panel.worker is None, timeout=timeout)
+
+
+def _segment(qtbot, panel) -> None:
+    qtbot.mouseClick(panel.run_button, Qt.LeftButton)
+    _wait_idle(qtbot, panel)
+
+
+def test_widget_docks_from_manifest(make_napari_viewer):
+    viewer = make_napari_viewer(show=False)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-minenet", "Mini-Net")
+    assert isinstance(widget, MiniNetWidget)
+    assert widget.segment_panel.run_button.text().startswith("Segment")
+
+
+def test_segment_sample_gives_labels_of_image_shape(make_napari_viewer, qtbot, notes):
+    path = _make_model()
+    viewer = make_napari_viewer(show=False)
+    viewer.open_sample("napari-minenet", "ihc")
+    widget = MiniNetWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Mini-Net")
+    panel = widget.segment_panel
+    panel.select_model(path)
+    assert panel.run_button.text() == "Segment nuclei"
+    _segment(qtbot, panel)
+    image = viewer.layers[0]
+    labels = panel.labels_layer
+    assert labels is not None and labels.name.endswith("nuclei")
+    assert labels.data.shape == image.data.shape[:2]
+    assert labels.data.dtype == np.uint32
+    assert not notes["error"], notes["error"]
+    assert panel.summary_label.text().endswith("px") or "found" in panel.summary_label.text()
+
+
+def test_threshold_relabels_without_running_the_model(make_napari_viewer, qtbot, monkeypatch):
+    path = _make_model()
+    viewer, widget = _widget(make_napari_viewer, qtbot, path, _blobs())
+    panel = widget.segment_panel
+    panel.instances_check.setChecked(False)
+    calls = []
+    original = inference._predict_tiles
+    monkeypatch.setattr(inference, "_predict_tiles", lambda *a, **k: calls.append(1) or original(*a, **k))
+    _segment(qtbot, panel)
+    assert len(calls) == 1
+    prob = panel.result.probability
+    before = panel.labels_layer.data.copy()
+    # pick a threshold that must change the mask: the median probability
+    target = int(np.clip(round(float(np.median(prob)) * 100), 2, 98))
+    if target == panel.threshold_slider.value():
+        target += 1
+    panel.threshold_slider.setValue(target)
+    qtbot.waitUntil(lambda: panel.result.threshold == target / 100 and panel.relabel_worker is None, timeout=10_000)
+    qtbot.waitUntil(lambda: not np.array_equal(panel.labels_layer.data, before), timeout=10_000)
+    assert len(calls) == 1, "moving the threshold must not run the network again"
+    expected = (prob > target / 100).astype(np.uint32)
+    np.testing.assert_array_equal(panel.labels_layer.data, expected)
+
+
+def test_cancel_stops_a_long_run(make_napari_viewer, qtbot, notes):
+    path = _make_model(tile_size=128, tile_overlap=32)
+    big = np.tile(_blobs(256), (6, 6, 1))  # 1536 x 1536: 169 tiles of 128 px
+    viewer, widget = _widget(make_napari_viewer, qtbot, path, big)
+    panel = widget.segment_panel
+    qtbot.mouseClick(panel.run_button, Qt.LeftButton)
+    qtbot.waitUntil(lambda: panel.progress_bar.value() >= 1, timeout=30_000)
+    total = panel.progress_bar.maximum()
+    qtbot.mouseClick(panel.cancel_button, Qt.LeftButton)
+    done_at_cancel = panel.progress_bar.value()
+    _wait_idle(qtbot, panel)
+    assert panel.labels_layer is None
+    assert not any(layer.name.endswith("nuclei") for layer in viewer.layers)
+    assert any("cancelled" in m for m in notes["info"])
+    assert done_at_cancel < total
+    assert panel.run_button.isEnabled()
+
+
+def test_event_loop_keeps_running_during_segmentation(make_napari_viewer, qtbot):
+    from qtpy.QtCore import QTimer
+
+    path = _make_model(tile_size=128, tile_overlap=32)
+    viewer, widget = _widget(make_napari_viewer, qtbot, path, np.tile(_blobs(256), (3, 3, 1)))
+    panel = widget.segment_panel
+    ticks = []
+    timer = QTimer()
+    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+    timer.start(10)
+    start = time.perf_counter()
+    qtbot.mouseClick(panel.run_button, Qt.LeftButton)
+    assert panel.worker is not None  # the click returned while the work goes on
+    _wait_idle(qtbot, panel)
+    elapsed = time.perf_counter() - start
+    timer.stop()
+    assert panel.labels_layer is not None
+    during = [t for t in ticks if t <= start + elapsed]
+    # a blocked GUI thread would deliver at most a couple of ticks
+    assert len(during) >= max(5, int(elapsed / 0.01 * 0.2)), (len(during), elapsed)
+    gaps = np.diff([start] + during)
+    assert gaps.max() < max(0.5, elapsed / 3)
+
+
+def test_errors_become_notifications(make_napari_viewer, qtbot, notes, user_home):
+    path = _make_model()
+    viewer = make_napari_viewer(show=False)
+    widget = MiniNetWidget(viewer)
+    panel = widget.segment_panel
+    panel.select_model(path)
+    # no image layer
+    panel.run()
+    assert any("no image layer" in m for m in notes["error"])
+    # an image too small for the network
+    viewer.add_image(np.random.default_rng(0).random((8, 8)), name="tiny")
+    panel.run()
+    _wait_idle(qtbot, panel)
+    assert any("at least 16 x 16" in m for m in notes["error"]), notes["error"]
+    # a corrupted model file
+    bad = user_models_dir() / "broken"
+    save_model(SegmentationModel.new(ModelCard(name="broken")), bad)
+    data = bad.with_suffix(".safetensors").read_bytes()
+    bad.with_suffix(".safetensors").write_bytes(data[: len(data) // 2])
+    panel.model_picker.refresh()
+    panel.select_model(bad.with_suffix(".safetensors"))
+    assert any("damaged" in m or "does not match" in m for m in notes["error"]), notes["error"]
+    assert not panel.run_button.isEnabled()
+
+
+def test_out_of_gpu_memory_retries_with_smaller_tiles(make_napari_viewer, qtbot, monkeypatch, notes):
+    path = _make_model(tile_size=512)
+    viewer, widget = _widget(make_napari_viewer, qtbot, path, _blobs(256))
+    panel = widget.segment_panel
+    original = inference._predict_tiles
+    sizes = []
+
+    def flaky(image, model, device, tile_size, *args, **kwargs):
+        sizes.append(tile_size)
+        if len(sizes) == 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return original(image, model, device, tile_size, *args, **kwargs)
+
+    monkeypatch.setattr(inference, "_predict_tiles", flaky)
+    with pytest.warns(RuntimeWarning, match="out of memory"):
+        result = inference.predict_tiled(_blobs(256), panel.model, device="cpu")
+    assert sizes == [512, 256] and result.shape[1:] == (256, 256)
+    sizes.clear()
+    _segment(qtbot, panel)
+    assert panel.labels_layer is not None, notes["error"]
+    assert sizes == [512, 256]
+
+
+def test_stack_all_slices(make_napari_viewer, qtbot):
+    path = _make_model()
+    stack = np.stack([_blobs(96, seed=s)[..., 0] for s in range(3)])
+    viewer, widget = _widget(make_napari_viewer, qtbot, path, stack)
+    panel = widget.segment_panel
+    assert panel.slices_combo.isEnabled()
+    panel.slices_combo.setCurrentIndex(1)  # all slices
+    _segment(qtbot, panel)
+    assert panel.labels_layer.data.shape == stack.shape
+    panel.slices_combo.setCurrentIndex(0)  # current slice only
+    viewer.dims.set_current_step(0, 2)
+    _segment(qtbot, panel)
+    data = panel.labels_layer.data
+    assert data.shape == stack.shape
+    assert not data[0].any() and not data[1].any()
+
+
+def test_export_measurements(make_napari_viewer, qtbot, tmp_path, notes):
+    path = _make_model()
+    viewer, widget = _widget(make_napari_viewer, qtbot, path, _blobs())
+    panel = widget.segment_panel
+    _segment(qtbot, panel)
+    panel.labels_layer.data = np.zeros_like(panel.labels_layer.data)
+    panel.labels_layer.data[10:20, 10:20] = 1
+    panel.labels_layer.data[50:60, 40:55] = 2
+    out = tmp_path / "m.csv"
+    panel.export_measurements(str(out))
+    lines = out.read_text().splitlines()
+    assert lines[0].startswith("label,area")
+    assert len(lines) == 3
+    assert float(lines[1].split(",")[1]) == 100
+
+
+# ---------------------------------------------------------------- correct & learn
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _segment_and_correct(make_napari_viewer, qtbot, tmp_path, model_path):
+    from skimage.draw import disk
+
+    image = _blobs(192, seed=3)
+    viewer, widget = _widget(make_napari_viewer, qtbot, model_path, image)
+    panel, learn = widget.segment_panel, widget.learn_panel
+    _segment(qtbot, panel)
+    layer = panel.labels_layer
+    # the user's correction: paint a nucleus with the brush, then set the truth everywhere
+    layer.brush_size = 6
+    layer.paint((40, 40), 7)
+    assert layer.metadata["minenet_edited"]
+    truth = np.zeros(layer.data.shape, np.uint32)
+    dark = image[..., 0] < 150
+    from scipy import ndimage as ndi
+
+    truth[:], _ = ndi.label(dark)
+    rr, cc = disk((40, 40), 3, shape=truth.shape)
+    truth[rr, cc] = truth.max() + 1
+    layer.data = truth
+    learn.open_store(tmp_path / "examples")
+    learn.add_example()
+    assert len(learn.store) == 1
+    assert learn.examples_list.count() == 1
+    return viewer, widget
+
+
+def test_correct_add_example_and_finetune_selects_new_version(make_napari_viewer, qtbot, tmp_path, notes):
+    parent = _make_model()
+    parent_hash = _sha(parent)
+    viewer, widget = _segment_and_correct(make_napari_viewer, qtbot, tmp_path, parent)
+    learn, panel = widget.learn_panel, widget.segment_panel
+    learn.resegment_check.setChecked(False)
+    learn.config_overrides = {"lr": 5e-3, "l2sp": 0.0, "batch_size": 2, "patch_size": 96}
+    learn.start_finetune(max_seconds=8)
+    qtbot.waitUntil(lambda: learn.worker is None, timeout=120_000)
+    assert not notes["error"], notes["error"]
+    versions = [p for p in user_models_dir().glob("testnuclei-ft-*.safetensors")]
+    assert len(versions) == 1, (notes, learn.status_label.text())
+    assert panel.model.card.parent == "testnuclei"
+    assert panel.model_picker.current_path() == str(versions[0])
+    assert learn.loss_plot.train, "the loss plot received the training steps"
+    assert _sha(parent) == parent_hash
+    # the user can switch back to the parent
+    widget.models_panel.revert()
+    assert panel.model.card.name == "testnuclei"
+
+
+def test_cancel_finetune_keeps_previous_model(make_napari_viewer, qtbot, tmp_path, notes):
+    parent = _make_model()
+    parent_hash = _sha(parent)
+    viewer, widget = _segment_and_correct(make_napari_viewer, qtbot, tmp_path, parent)
+    learn, panel = widget.learn_panel, widget.segment_panel
+    learn.config_overrides = {"batch_size": 2, "patch_size": 96}
+    learn.start_finetune(max_seconds=120)
+    qtbot.waitUntil(lambda: len(learn.loss_plot.train) >= 2, timeout=60_000)
+    learn.cancel()
+    qtbot.waitUntil(lambda: learn.worker is None, timeout=30_000)
+    assert any("cancelled" in m for m in notes["info"])
+    assert panel.model.card.name == "testnuclei"
+    assert panel.model_picker.current_path() == str(parent)
+    assert _sha(parent) == parent_hash
+    assert not list(user_models_dir().glob("testnuclei-ft-*"))
+
+
+def test_closing_napari_during_finetune(make_napari_viewer, qtbot, tmp_path):
+    parent = _make_model()
+    parent_hash = _sha(parent)
+    viewer, widget = _segment_and_correct(make_napari_viewer, qtbot, tmp_path, parent)
+    learn = widget.learn_panel
+    learn.config_overrides = {"batch_size": 2, "patch_size": 96}
+    learn.start_finetune(max_seconds=120)
+    qtbot.waitUntil(lambda: len(learn.loss_plot.train) >= 1, timeout=60_000)
+    worker = learn.worker
+    start = time.perf_counter()
+    viewer.close()
+    qtbot.waitUntil(lambda: not worker.is_running, timeout=30_000)
+    assert time.perf_counter() - start < 30
+    assert _sha(parent) == parent_hash
+    assert not list(user_models_dir().glob("testnuclei-ft-*"))
+    assert not list(user_models_dir().glob(".*.tmp"))
+    store = ExampleStore(tmp_path / "examples")
+    assert len(store.load()) == 1
