@@ -27,7 +27,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         task=args.task, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, patch_size=args.patch_size,
         batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule, patience=args.patience,
         seed=args.seed, device=args.device, max_minutes=args.max_minutes, contours=args.contours,
-        val_fraction=args.val_fraction, threads=args.threads,
+        val_fraction=args.val_fraction, threads=args.threads, architecture=args.architecture,
         working_long_side=args.working_long_side if args.working_long_side is not None else -1,
     )
     command = "napari-minenet " + " ".join(shlex.quote(a) for a in sys.argv[1:])
@@ -214,6 +214,29 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     return 0 if result.accepted else 3
 
 
+
+# --------------------------------------------------------------------------- export / bench
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_onnx
+
+    path = export_onnx(args.model, args.output, opset=args.opset)
+    print(f"wrote {path} and {path.with_suffix('.json')}")
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    import subprocess
+
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "run_all.py"
+    if not script.is_file():
+        print("error: the benchmarks ship with the source repository (benchmarks/run_all.py), "
+              "not with the installed package", file=sys.stderr)
+        return 2
+    return subprocess.call([sys.executable, str(script), *args.bench_args])
+
+
 # --------------------------------------------------------------------------- demo
 
 
@@ -293,6 +316,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_cmd_finetune)
 
+    p = sub.add_parser("export", help="export a model to ONNX")
+    p.add_argument("--model", required=True, help="model name or path")
+    p.add_argument("-o", "--output", required=True, help="output .onnx path")
+    p.add_argument("--opset", type=int, default=17)
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("bench", help="run the speed / memory benchmarks (benchmarks/run_all.py)")
+    p.add_argument("bench_args", nargs=argparse.REMAINDER, help="options passed to benchmarks/run_all.py")
+    p.set_defaults(func=_cmd_bench)
+
     p = sub.add_parser("demo", help="open napari on the bundled sample and segment it (headless without a display)")
     p.add_argument("--sample", choices=["ihc", "retina"], default="ihc")
     p.add_argument("--headless", action="store_true", help="never open a window")
@@ -323,6 +356,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--working-long-side", type=int, default=None,
                    help="resize images so their long side is this many pixels (lesion default: 256)")
     p.add_argument("--resume", help="checkpoint to continue from (<output>.ckpt)")
+    p.add_argument("--architecture", choices=["MiniNet", "UNet"], default="MiniNet",
+                   help="UNet = MONAI BasicUNet, the benchmarks' reference (needs monai)")
     p.set_defaults(func=_cmd_train)
     return parser
 

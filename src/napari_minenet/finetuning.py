@@ -67,7 +67,7 @@ class FinetuneResult:
 
 
 def holdout_split(examples: list[TrainingExample], fraction: float = 0.25,
-                  min_side: int = 64) -> tuple[list[TrainingExample], list[TrainingExample]]:
+                  min_train: int = 64, min_held: int = 32) -> tuple[list[TrainingExample], list[TrainingExample]]:
     """(train, held-out): whole examples when there are >= 4, else a strip of each example
     (the last ``fraction`` along its longer side). Examples too small to cut train only."""
     if not examples:
@@ -81,7 +81,7 @@ def holdout_split(examples: list[TrainingExample], fraction: float = 0.25,
         axis = 0 if h >= w else 1
         length = (h, w)[axis]
         cut = int(round(length * (1 - fraction)))
-        if length - cut < min_side or cut < min_side:
+        if length - cut < min_held or cut < min_train:
             train.append(ex)
             continue
 

@@ -76,6 +76,7 @@ class TrainConfig:
     working_long_side: int | None = -1  # -1 = task default
     val_fraction: float = 0.2
     threads: int | None = None
+    architecture: str = "MiniNet"  # "UNet": the benchmarks' reference (needs MONAI)
 
     def resolved(self) -> "TrainConfig":
         task = TASK_TRAINING_DEFAULTS.get(self.task, TASK_TRAINING_DEFAULTS["custom"])
@@ -483,6 +484,7 @@ def train(
     card = default_card(name, cfg.task, contours=bool(cfg.contours), working_long_side=cfg.working_long_side)
     in_channels = 1 if all(ex.image.ndim == 2 for ex in train_ex) else 3
     card.in_channels = in_channels
+    card.architecture = {"name": cfg.architecture} if cfg.architecture != "MiniNet" else card.architecture
     model = SegmentationModel.new(card)
     dev = select_device(cfg.device)
     sampler = PatchSampler(

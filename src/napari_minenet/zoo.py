@@ -27,7 +27,6 @@ from typing import Any
 import torch
 
 from .files import atomic_write, atomic_write_bytes, atomic_write_json
-from .model import MiniNet
 
 __all__ = [
     "ModelCard",
@@ -139,18 +138,20 @@ class ModelCard:
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
-    def build_network(self) -> MiniNet:
-        arch = self.architecture or {}
-        if arch.get("name", "MiniNet") != "MiniNet":
-            raise ModelLoadError(f"model {self.name!r}: unknown architecture {arch.get('name')!r}")
-        return MiniNet(self.in_channels, self.out_channels, width=int(arch.get("width", 8)))
+    def build_network(self) -> torch.nn.Module:
+        from .architectures import build_network
+
+        try:
+            return build_network(self.architecture or {}, self.in_channels, self.out_channels)
+        except (ValueError, ImportError) as exc:
+            raise ModelLoadError(f"model {self.name!r}: {exc}") from exc
 
 
 @dataclass
 class SegmentationModel:
     """A network with its card (and the file it came from, if any)."""
 
-    network: MiniNet
+    network: torch.nn.Module
     card: ModelCard
     path: Path | None = None
 

@@ -1,0 +1,228 @@
+"""Corrected examples on disk and fine-tuning from them (headless core)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from napari_minenet import files
+from napari_minenet.data import InputError, TrainingExample
+from napari_minenet.examples import ExampleStore, default_examples_folder
+from napari_minenet.finetuning import FinetuneConfig, finetune, holdout_split, l2sp_penalty, version_name
+from napari_minenet.inference import Cancelled
+from napari_minenet.zoo import ModelCard, SegmentationModel, list_models, load_model, save_model, user_models_dir
+
+
+@pytest.fixture(autouse=True)
+def _home(tmp_path, monkeypatch):
+    monkeypatch.setenv("NAPARI_MINENET_HOME", str(tmp_path / "home"))
+    torch.set_num_threads(1)
+
+
+def _pair(seed: int, size: int = 96):
+    from skimage.draw import disk
+
+    rng = np.random.default_rng(seed)
+    image = np.full((size, size, 3), 220, np.uint8)
+    labels = np.zeros((size, size), np.uint32)
+    for i in range(1, 8):
+        r, c = rng.integers(10, size - 10, 2)
+        rr, cc = disk((r, c), 6, shape=labels.shape)
+        image[rr, cc] = (80, 50, 140)
+        labels[rr, cc] = i
+    image = (image + rng.integers(0, 15, image.shape)).astype(np.uint8)
+    return image, labels
+
+
+def _model(name="parent") -> SegmentationModel:
+    torch.manual_seed(0)
+    model = SegmentationModel.new(ModelCard(name=name, task="nuclei", out_channels=2, instances=True))
+    save_model(model, user_models_dir(create=True) / name)
+    return load_model(name)
+
+
+def _sha(path) -> str:
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+def test_store_roundtrip_and_remove(tmp_path):
+    store = ExampleStore(tmp_path / "ex")
+    rec1 = store.add(*_pair(0), source="slide.tif", box=(0, 96, 0, 96), model="nuclei", edited_pixels=12)
+    rec2 = store.add(*_pair(1), source="slide.tif")
+    assert rec1.id != rec2.id and rec1.objects == 7
+    reopened = ExampleStore(tmp_path / "ex")
+    assert [r.id for r in reopened.records] == [rec1.id, rec2.id]
+    loaded = reopened.load()
+    image, labels = _pair(0)
+    np.testing.assert_array_equal(loaded[0].image, image)
+    np.testing.assert_array_equal(loaded[0].labels, labels)
+    np.testing.assert_array_equal(loaded[0].mask, labels > 0)
+    reopened.remove(rec1.id)
+    assert [r.id for r in ExampleStore(tmp_path / "ex").records] == [rec2.id]
+    assert not (tmp_path / "ex" / "images" / f"{rec1.id}.tif").exists()
+
+
+def test_store_rejects_bad_examples(tmp_path):
+    store = ExampleStore(tmp_path / "ex")
+    image, labels = _pair(0)
+    with pytest.raises(InputError, match="differ in size"):
+        store.add(image, labels[:50])
+    with pytest.raises(InputError, match="at least 32"):
+        store.add(image[:20, :20], labels[:20, :20])
+    assert len(store) == 0
+
+
+def test_examples_survive_a_crash_midway(tmp_path, monkeypatch):
+    store = ExampleStore(tmp_path / "ex")
+    store.add(*_pair(0))
+    store.add(*_pair(1))
+    real_replace = os.replace
+    calls = {"n": 0}
+
+    def crash_on_second_write(src, dst):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the third example's labels file: die half-way through the add
+            raise OSError("simulated power cut")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(files.os, "replace", crash_on_second_write)
+    with pytest.raises(OSError, match="power cut"):
+        store.add(*_pair(2))
+    monkeypatch.setattr(files.os, "replace", real_replace)
+    reopened = ExampleStore(tmp_path / "ex")
+    assert len(reopened) == 2
+    examples = reopened.load()
+    assert len(examples) == 2 and all(ex.mask.any() for ex in examples)
+    assert not list((tmp_path / "ex").rglob("*.tmp"))
+    # the store keeps working after the crash
+    reopened.add(*_pair(3))
+    assert len(ExampleStore(tmp_path / "ex").load()) == 3
+
+
+def test_damaged_index_is_reported(tmp_path):
+    store = ExampleStore(tmp_path / "ex")
+    store.add(*_pair(0))
+    (tmp_path / "ex" / "examples.json").write_text("{not json")
+    with pytest.raises(InputError, match="damaged"):
+        ExampleStore(tmp_path / "ex")
+
+
+def test_default_folder_beside_the_image(tmp_path):
+    image = tmp_path / "slide 1.tif"
+    image.write_bytes(b"")
+    assert default_examples_folder(image, "slide 1") == tmp_path / "slide_1_minenet_examples"
+    assert "examples" in str(default_examples_folder(None, "layer"))
+
+
+def test_holdout_split_strips_and_whole_examples():
+    few = [TrainingExample(str(i), *(lambda p: (p[0], p[1] > 0, p[1]))(_pair(i, 128))) for i in range(2)]
+    train, held = holdout_split(few, 0.25)
+    assert len(train) == 2 and len(held) == 2
+    assert train[0].mask.shape == (96, 128) and held[0].mask.shape == (32, 128) or \
+        train[0].mask.shape == (128, 96)
+    many = few * 3
+    train, held = holdout_split(many, 0.25)
+    assert len(train) + len(held) == 6 and len(held) == 2
+    with pytest.raises(InputError):
+        holdout_split([], 0.25)
+
+
+def test_l2sp_penalty_is_zero_at_the_parent_and_grows():
+    parent = _model().network
+    penalty = l2sp_penalty(parent, 1.0)
+    child = SegmentationModel(parent, ModelCard(name="c")).network
+    assert penalty(child).item() == 0.0
+    with torch.no_grad():
+        next(p for p in child.parameters() if p.ndim > 1).add_(0.1)
+    assert penalty(child).item() > 0.0
+
+
+def test_version_name():
+    assert version_name("nuclei").startswith("nuclei-ft-")
+    assert version_name("nuclei-ft-20260101-101010").count("-ft-") == 1
+
+
+def _examples(n=2):
+    out = []
+    for i in range(n):
+        image, labels = _pair(10 + i, 128)
+        out.append(TrainingExample(f"e{i}", image, labels > 0, labels))
+    return out
+
+
+def test_finetune_saves_a_better_version_and_leaves_parent(tmp_path):
+    parent = _model()
+    parent_hash = _sha(parent.path)
+    cfg = FinetuneConfig(max_seconds=6, lr=5e-3, l2sp=0.0, batch_size=2, patch_size=64, steps_per_validation=5)
+    gen = finetune(parent, _examples(), cfg)
+    records = []
+    with pytest.raises(StopIteration) as stop:
+        while True:
+            records.append(next(gen))
+    result = stop.value.value
+    assert records[0].kind == "validation" and records[-1].kind == "done"
+    assert any(r.kind == "step" for r in records)
+    assert result.steps > 0 and result.seconds <= 6 + 5
+    assert result.accepted, result.reason
+    assert result.after["loss"] < result.before["loss"]
+    assert result.saved_to is not None and result.saved_to.is_file()
+    child = load_model(result.saved_to)
+    assert child.card.parent == "parent"
+    assert child.card.training["kind"] == "fine-tune"
+    assert "held-out corrections" in child.card.metrics
+    assert _sha(parent.path) == parent_hash
+    assert any(m.name == child.card.name for m in list_models())
+
+
+def test_finetune_that_does_not_improve_is_not_kept(tmp_path):
+    parent = _model()
+    # a learning rate of ~0 cannot improve the held-out loss: the candidate must be rejected
+    cfg = FinetuneConfig(max_seconds=3, lr=1e-12, l2sp=0.0, batch_size=2, patch_size=64, steps_per_validation=3,
+                         min_gain=1e-6)
+    gen = finetune(parent, _examples(), cfg)
+    with pytest.raises(StopIteration) as stop:
+        while True:
+            next(gen)
+    result = stop.value.value
+    assert not result.accepted and "not better" in result.reason
+    assert result.saved_to is None
+    assert [m.name for m in list_models() if m.source == "user"] == ["parent"]
+
+
+def test_finetune_cancel_changes_nothing(tmp_path):
+    parent = _model()
+    parent_hash = _sha(parent.path)
+    state = {k: v.clone() for k, v in parent.network.state_dict().items()}
+    steps = {"n": 0}
+
+    def cancel():
+        return steps["n"] >= 2
+
+    gen = finetune(parent, _examples(), FinetuneConfig(max_seconds=60, batch_size=2, patch_size=64), cancel=cancel)
+    with pytest.raises(Cancelled):
+        for rec in gen:
+            if rec.kind == "step":
+                steps["n"] += 1
+    assert _sha(parent.path) == parent_hash
+    for k, v in parent.network.state_dict().items():
+        torch.testing.assert_close(v, state[k])
+    assert [m.name for m in list_models() if m.source == "user"] == ["parent"]
+
+
+def test_finetune_cli(tmp_path, capsys):
+    from napari_minenet.cli import main
+
+    _model()
+    store = ExampleStore(tmp_path / "ex")
+    for i in range(2):
+        store.add(*_pair(20 + i, 128))
+    out = tmp_path / "tuned"
+    code = main(["finetune", "--model", "parent", "--data", str(tmp_path / "ex"), "-o", str(out),
+                 "--max-seconds", "4", "--lr", "5e-3", "--l2sp", "0", "--patch-size", "64", "--batch-size", "2"])
+    text = capsys.readouterr().out
+    assert ("accepted" in text and code == 0 and out.with_suffix(".safetensors").is_file()) or \
+        ("rejected" in text and code == 3 and not out.with_suffix(".safetensors").exists())
