@@ -55,12 +55,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     suffix = p.suffix.lower()
     try:
         if suffix in (".tif", ".tiff"):
-            import tifffile
-
-            data = tifffile.imread(p)
-            # OME/ImageJ stacks may store channels first: (Z?, C, H, W) with C in 3, 4
-            if data.ndim >= 3 and data.shape[-1] not in (3, 4) and data.shape[-3] in (3, 4) and data.ndim == 3:
-                data = np.moveaxis(data, 0, -1)
+            data = _read_tiff(p)
         else:
             import imageio.v3 as iio
 
@@ -75,6 +70,30 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     return data
 
 
+def _read_tiff(path: Path) -> np.ndarray:
+    """TIFF / OME-TIFF with colour samples last; planes (Z, T, or C that is not RGB) first.
+
+    A colour axis is recognised from the file's own description (``S`` samples, or a
+    3/4-long ``C`` axis of an RGB photometric image), never from the shape alone, so a grey
+    stack of 3 or 4 planes stays a stack.
+    """
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        series = tif.series[0]
+        data = series.asarray()
+        axes = series.axes
+        photometric = getattr(tif.pages[0], "photometric", None)
+    rgb_photometric = photometric is not None and getattr(photometric, "name", str(photometric)) == "RGB"
+    for colour_axis in ("S", "C"):
+        if colour_axis in axes and data.shape[axes.index(colour_axis)] in (3, 4):
+            if colour_axis == "C" and not rgb_photometric:
+                continue
+            data = np.moveaxis(data, axes.index(colour_axis), -1)
+            break
+    return data
+
+
 # --------------------------------------------------------------------------- checking
 
 
@@ -86,7 +105,9 @@ def check_image(image: np.ndarray, *, name: str = "image") -> np.ndarray:
     """
     if not isinstance(image, np.ndarray):
         image = np.asarray(image)
-    if image.dtype == object or not (np.issubdtype(image.dtype, np.number) or image.dtype == bool):
+    if image.dtype == object or np.issubdtype(image.dtype, np.complexfloating) or not (
+        np.issubdtype(image.dtype, np.number) or image.dtype == bool
+    ):
         raise InputError(f"{name} has dtype {image.dtype}; expected integer or floating point pixels")
     if image.size == 0:
         raise InputError(f"{name} is empty (shape {image.shape})")

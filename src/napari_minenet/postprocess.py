@@ -137,8 +137,6 @@ def labels_from_probability(
         raise ValueError(f"contour {contour.shape} and probability {probability.shape} differ in shape")
     mask = threshold_mask(probability, threshold, fill_holes=fill_holes, keep_largest=keep_largest)
     if instances:
-        if fill_holes is False:
-            mask = ndi.binary_fill_holes(mask)
         labels = split_instances(mask, contour, contour_threshold=contour_threshold)
         return remove_small(labels, min_size) if min_size > 0 else labels.astype(np.uint32, copy=False)
     if min_size > 0:

@@ -137,7 +137,7 @@ def default_card(name: str, task: str, *, contours: bool, working_long_side: int
         working_long_side=working_long_side,
         instances=TASKS.get(task, TASKS["custom"])["instances"],
         min_size=defaults["min_size"],
-        fill_holes=task == "lesion",
+        fill_holes=task in ("lesion", "nuclei"),
         keep_largest=task == "lesion",
     )
 
@@ -267,19 +267,26 @@ def save_checkpoint(path: Path, *, network: nn.Module, best_state: dict, optimiz
             tensors[f"optim.{idx}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
     tensors["rng.torch"] = torch.get_rng_state()
     meta = dict(meta, param_groups=opt["param_groups"])
-    atomic_write_bytes(path.with_name(path.name + ".safetensors"), st_save(tensors))
+    # the JSON lives inside the tensors file too: the .safetensors alone is a consistent
+    # checkpoint even if a crash separates it from the readable .json copy
+    blob = st_save(tensors, metadata={"minenet_checkpoint": json.dumps(meta)})
+    atomic_write_bytes(path.with_name(path.name + ".safetensors"), blob)
     atomic_write_json(path.with_name(path.name + ".json"), meta)
 
 
 def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    from safetensors import safe_open
     from safetensors.torch import load_file
 
     base = Path(str(path).removesuffix(".safetensors").removesuffix(".json"))
     tensors_path = base.with_name(base.name + ".safetensors")
-    meta_path = base.with_name(base.name + ".json")
-    if not tensors_path.is_file() or not meta_path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {tensors_path} / {meta_path}")
-    return load_file(str(tensors_path)), json.loads(meta_path.read_text())
+    if not tensors_path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {tensors_path}")
+    with safe_open(str(tensors_path), framework="pt") as fh:
+        meta_text = (fh.metadata() or {}).get("minenet_checkpoint")
+    if meta_text is None:
+        raise ValueError(f"{tensors_path} is not a napari-minenet training checkpoint")
+    return load_file(str(tensors_path)), json.loads(meta_text)
 
 
 def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict, meta: dict) -> None:

@@ -44,6 +44,8 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_json",
     "package_version",
+    "tensors_digest",
+    "read_card",
 ]
 
 #: Per-task defaults: what the button says and how the output is presented.
@@ -210,21 +212,34 @@ def _paths(path: str | os.PathLike) -> tuple[Path, Path]:
     return p.with_name(p.name + _WEIGHTS_SUFFIX), p.with_name(p.name + _CARD_SUFFIX)
 
 
-def save_model(model: SegmentationModel, path: str | os.PathLike) -> Path:
-    """Write ``<path>.safetensors`` and ``<path>.json`` atomically; returns the weights path.
+def tensors_digest(state: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of the tensors (names, dtypes, shapes, bytes) in name order."""
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        t = state[key].detach().to("cpu").contiguous()
+        digest.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
 
-    BatchNorm running statistics are saved too (they are used when the card says
-    ``bn_statistics == "running"`` and as a fallback).
+
+def save_model(model: SegmentationModel, path: str | os.PathLike) -> Path:
+    """Write ``<path>.safetensors`` (tensors + the card in its metadata) and the card as
+    ``<path>.json`` beside it, each atomically; returns the weights path.
+
+    The .safetensors file alone is a complete model: if a crash leaves an old .json beside
+    new weights, loading notices (the card's ``weights_sha256`` is the digest of the
+    tensors) and uses the card stored in the weights file.
     """
     from safetensors.torch import save as st_save
 
     weights_path, card_path = _paths(path)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.network.state_dict().items()}
-    blob = st_save(state, metadata={"format": "pt", "name": model.card.name})
     card = dataclasses.replace(model.card)
-    card.weights_sha256 = hashlib.sha256(blob).hexdigest()
+    card.weights_sha256 = tensors_digest(state)
     card.package_version = card.package_version or package_version()
     card.created = card.created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    card_json = json.dumps(card.to_dict())
+    blob = st_save(state, metadata={"format": "pt", "name": card.name, "minenet_card": card_json})
     atomic_write_bytes(weights_path, blob)
     atomic_write_json(card_path, card.to_dict())
     model.card = card
@@ -232,41 +247,71 @@ def save_model(model: SegmentationModel, path: str | os.PathLike) -> Path:
     return weights_path
 
 
+def _card_from_dict(data: Any, where: Path) -> ModelCard:
+    try:
+        return ModelCard.from_dict(data)
+    except (TypeError, ValueError) as exc:
+        raise ModelLoadError(f"model card {where} is invalid: {exc}") from exc
+
+
 def read_card(path: str | os.PathLike) -> ModelCard:
+    """The card beside the weights (``<name>.json``)."""
     _, card_path = _paths(path)
     if not card_path.is_file():
         raise ModelLoadError(f"model card not found: {card_path}")
     try:
         data = json.loads(card_path.read_text(encoding="utf-8"))
-        return ModelCard.from_dict(data)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ModelLoadError(f"model card {card_path} is not valid JSON ({exc}); the file is damaged") from exc
-    except (TypeError, ValueError) as exc:
-        raise ModelLoadError(f"model card {card_path} is invalid: {exc}") from exc
+    return _card_from_dict(data, card_path)
+
+
+def _embedded_card(blob: bytes, where: Path) -> ModelCard | None:
+    """The card stored in a safetensors header's metadata, if any."""
+    try:
+        size = int.from_bytes(blob[:8], "little")
+        header = json.loads(blob[8 : 8 + size].decode("utf-8"))
+        text = (header.get("__metadata__") or {}).get("minenet_card")
+    except (ValueError, UnicodeDecodeError, AttributeError):
+        return None
+    if not text:
+        return None
+    try:
+        return _card_from_dict(json.loads(text), where)
+    except (json.JSONDecodeError, ModelLoadError):
+        return None
 
 
 def load_model(name_or_path: str | os.PathLike | SegmentationModel, device: str | torch.device = "cpu") -> SegmentationModel:
     """Load a model by registry name (``"nuclei"``) or by path (with or without suffix)."""
     if isinstance(name_or_path, SegmentationModel):
         return name_or_path
-    weights_path = resolve_model_path(name_or_path)
-    card = read_card(weights_path)
     from safetensors import SafetensorError
     from safetensors.torch import load as st_load
 
+    weights_path = resolve_model_path(name_or_path)
     try:
         blob = weights_path.read_bytes()
     except OSError as exc:
         raise ModelLoadError(f"cannot read weights {weights_path}: {exc}") from exc
-    if card.weights_sha256 and hashlib.sha256(blob).hexdigest() != card.weights_sha256:
-        raise ModelLoadError(
-            f"weights file {weights_path} does not match its model card (checksum differs): "
-            "the file is damaged or was replaced; restore it or choose another model"
-        )
     try:
         state = st_load(blob)
     except (SafetensorError, ValueError, RuntimeError) as exc:
         raise ModelLoadError(f"weights file {weights_path} is damaged or not a safetensors file ({exc})") from exc
+    digest = tensors_digest(state)
+    _, card_path = _paths(weights_path)
+    embedded = _embedded_card(blob, weights_path)
+    card = read_card(weights_path) if card_path.is_file() or embedded is None else None
+    if card is None or (card.weights_sha256 and card.weights_sha256 != digest):
+        # the .json is missing or belongs to other weights (e.g. a save interrupted between
+        # its two files): trust the card stored inside the weights file if it matches
+        if embedded is not None and embedded.weights_sha256 == digest:
+            card = embedded
+        else:
+            raise ModelLoadError(
+                f"weights file {weights_path} does not match its model card (checksum differs): "
+                "the file is damaged or was replaced; restore it or choose another model"
+            )
     network = card.build_network()
     try:
         network.load_state_dict(state, strict=True)
@@ -314,6 +359,10 @@ def resolve_model_path(name_or_path: str | os.PathLike) -> Path:
         raise ModelLoadError("no model given")
     candidate = Path(text).expanduser()
     looks_like_path = candidate.suffix in (_WEIGHTS_SUFFIX, _CARD_SUFFIX) or os.sep in text or "/" in text
+    if not looks_like_path:  # a bare word is a registry name first, a relative path second
+        for info in list_models():
+            if info.name == text:
+                return info.path
     if looks_like_path or candidate.exists():
         if candidate.is_dir():
             found = [p for p in candidate.glob("*" + _WEIGHTS_SUFFIX) if not p.name.endswith(".ckpt" + _WEIGHTS_SUFFIX)]
@@ -324,8 +373,5 @@ def resolve_model_path(name_or_path: str | os.PathLike) -> Path:
         if not weights.is_file():
             raise ModelLoadError(f"model file not found: {weights}")
         return weights
-    for info in list_models():
-        if info.name == text:
-            return info.path
     names = ", ".join(m.name for m in list_models()) or "none"
     raise ModelLoadError(f"no model named {text!r} (available: {names})")

@@ -1,0 +1,57 @@
+"""ONNX export: ONNX Runtime gives the same probabilities as PyTorch."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+ort = pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")
+
+from napari_minenet.cli import main  # noqa: E402
+from napari_minenet.export import export_onnx  # noqa: E402
+from napari_minenet.inference import predict_tiled  # noqa: E402
+from napari_minenet.zoo import ModelCard, SegmentationModel, save_model  # noqa: E402
+
+
+def _model(**card) -> SegmentationModel:
+    torch.manual_seed(1)
+    model = SegmentationModel.new(ModelCard(name="exp", task="nuclei", out_channels=2, **card))
+    # non-trivial BatchNorm parameters and statistics so the comparison means something
+    for m in model.network.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.3, 0.3)
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 2.0)
+    return model
+
+
+def _run(path, image: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = (image.astype(np.float32) / 255.0).transpose(2, 0, 1)[None]
+    return session.run(["probability"], {"image": x})[0][0]
+
+
+@pytest.mark.parametrize("statistics", ["image", "running"])
+def test_onnx_matches_pytorch(tmp_path, statistics):
+    model = _model(bn_statistics=statistics)
+    path = export_onnx(model, tmp_path / "m.onnx")
+    image = (np.random.default_rng(0).random((96, 132, 3)) * 255).astype(np.uint8)
+    expected = predict_tiled(image, model, device="cpu")  # whole image in one tile
+    got = _run(path, image)
+    assert got.shape == expected.shape == (2, 96, 132)
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+    card = json.loads(path.with_suffix(".json").read_text())
+    assert card["name"] == "exp" and "onnx" in card
+
+
+def test_export_cli(tmp_path, capsys):
+    model = _model()
+    save_model(model, tmp_path / "exp")
+    assert main(["export", "--model", str(tmp_path / "exp.safetensors"), "-o", str(tmp_path / "out.onnx")]) == 0
+    assert (tmp_path / "out.onnx").is_file() and (tmp_path / "out.json").is_file()
+    assert "wrote" in capsys.readouterr().out

@@ -1,0 +1,220 @@
+"""Probabilities to labels (thresholds, instance splitting, cleaning) and result helpers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from skimage.draw import disk
+
+from napari_minenet.postprocess import (
+    labels_from_probability,
+    remove_small,
+    split_instances,
+    threshold_mask,
+)
+from napari_minenet.segmentation import SegmentationResult, measure, summarize
+from napari_minenet.zoo import ModelCard
+
+
+def _discs(shape, centres, radius, value=1.0):
+    prob = np.zeros(shape, np.float32)
+    for c, r, v in zip(centres, np.broadcast_to(radius, len(centres)), np.broadcast_to(value, len(centres))):
+        prob[disk(c, r, shape=shape)] = v
+    return prob
+
+
+def _ids(labels):
+    ids = np.unique(labels)
+    return ids[ids > 0]
+
+
+TOUCHING = dict(shape=(64, 96), centres=[(32, 34), (32, 60)], radius=14)  # overlap by 2 px
+
+
+def test_touching_discs_split_by_distance_transform():
+    prob = _discs(**TOUCHING)
+    assert len(_ids(labels_from_probability(prob, instances=False))) == 1  # one blob when binary
+    labels = labels_from_probability(prob, instances=True)
+    assert labels.dtype == np.uint32
+    np.testing.assert_array_equal(_ids(labels), [1, 2])
+    (ya, xa), (yb, xb) = TOUCHING["centres"]
+    assert labels[ya, xa] != labels[yb, xb]
+    # the split keeps every foreground pixel and each part is about one disc
+    assert ((labels > 0) == (prob > 0.5)).all()
+    areas = np.bincount(labels.ravel())[1:]
+    assert abs(int(areas[0]) - int(areas[1])) < 0.1 * areas.mean()
+
+
+def test_touching_discs_split_by_contour_map():
+    prob = _discs(**TOUCHING)
+    contour = np.zeros_like(prob)
+    contour[:, 46:49] = 0.9  # the predicted border between the two objects
+    labels = labels_from_probability(prob, instances=True, contour=contour, contour_threshold=0.5)
+    np.testing.assert_array_equal(_ids(labels), [1, 2])
+    (ya, xa), (yb, xb) = TOUCHING["centres"]
+    assert labels[ya, xa] != labels[yb, xb]
+    assert ((labels > 0) == (prob > 0.5)).all()  # contour pixels are given to a neighbour
+
+
+def test_contour_below_threshold_does_not_split():
+    prob = _discs(**TOUCHING)
+    contour = np.zeros_like(prob)
+    contour[:, 46:49] = 0.3
+    labels = labels_from_probability(prob, instances=True, contour=contour, contour_threshold=0.5)
+    assert len(_ids(labels)) == 1
+
+
+def test_three_discs_in_a_row_give_three_labels():
+    prob = _discs((60, 140), [(30, 30), (30, 56), (30, 82)], 14)
+    assert len(_ids(labels_from_probability(prob, instances=True))) == 3
+
+
+def test_a_single_disc_is_not_oversplit():
+    prob = _discs((80, 80), [(40, 40)], 25)
+    np.testing.assert_array_equal(_ids(labels_from_probability(prob, instances=True)), [1])
+
+
+def test_separate_objects_get_consecutive_ids():
+    prob = _discs((100, 100), [(20, 20), (20, 70), (70, 20), (70, 70)], [8, 6, 10, 7])
+    labels = labels_from_probability(prob, instances=True)
+    np.testing.assert_array_equal(_ids(labels), [1, 2, 3, 4])
+
+
+def test_min_size_removes_small_objects_and_renumbers():
+    prob = _discs((100, 100), [(20, 20), (20, 70), (70, 20), (70, 70)], [8, 2, 10, 3])
+    labels = labels_from_probability(prob, instances=True, min_size=50)
+    np.testing.assert_array_equal(_ids(labels), [1, 2])
+    assert labels[20, 70] == 0 and labels[70, 70] == 0
+    assert labels[20, 20] > 0 and labels[70, 20] > 0
+    binary = labels_from_probability(prob, instances=False, min_size=50)
+    assert binary[20, 70] == 0 and binary[20, 20] == 1
+
+
+def test_binary_mode_gives_zero_and_one():
+    prob = _discs((100, 100), [(20, 20), (70, 70)], 10, value=[0.8, 0.6])
+    labels = labels_from_probability(prob, threshold=0.5)
+    assert labels.dtype == np.uint32
+    assert set(np.unique(labels)) == {0, 1}
+    assert labels.sum() == (prob > 0.5).sum()
+
+
+def test_threshold_is_strictly_greater():
+    prob = np.array([[0.49, 0.5, 0.51]] * 3, np.float32)
+    np.testing.assert_array_equal(threshold_mask(prob, 0.5)[0], [False, False, True])
+
+
+def test_keep_largest():
+    prob = _discs((100, 100), [(25, 25), (70, 70)], [6, 12])
+    mask = threshold_mask(prob, 0.5, keep_largest=True)
+    assert mask[70, 70] and not mask[25, 25]
+    labels = labels_from_probability(prob, keep_largest=True)
+    assert labels.sum() == (_discs((100, 100), [(70, 70)], 12) > 0).sum()
+
+
+def test_fill_holes():
+    ring = _discs((60, 60), [(30, 30)], 20)
+    ring[disk((30, 30), 8)] = 0
+    assert not threshold_mask(ring)[30, 30]
+    assert threshold_mask(ring, fill_holes=True)[30, 30]
+    assert labels_from_probability(ring, fill_holes=True)[30, 30] == 1
+    assert labels_from_probability(ring, fill_holes=False)[30, 30] == 0
+
+
+def test_empty_probability_gives_empty_labels():
+    for instances in (False, True):
+        labels = labels_from_probability(np.zeros((32, 32), np.float32), instances=instances, min_size=5)
+        assert labels.dtype == np.uint32 and labels.shape == (32, 32) and not labels.any()
+
+
+def test_bad_arguments():
+    prob = np.zeros((32, 32), np.float32)
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        labels_from_probability(prob, threshold=1.5)
+    with pytest.raises(ValueError, match="2-D"):
+        labels_from_probability(np.zeros((2, 32, 32), np.float32))
+    with pytest.raises(ValueError, match="differ in shape"):
+        labels_from_probability(prob, contour=np.zeros((16, 32), np.float32), instances=True)
+
+
+def test_remove_small_and_split_instances_directly():
+    labels = np.zeros((20, 20), np.int32)
+    labels[0:2, 0:2] = 3
+    labels[5:15, 5:15] = 7
+    out = remove_small(labels, 5)
+    assert out.dtype == np.uint32
+    np.testing.assert_array_equal(_ids(out), [1])
+    assert out[10, 10] == 1 and out[0, 0] == 0
+    assert not split_instances(np.zeros((10, 10), bool)).any()
+
+
+# --------------------------------------------------------------------------- SegmentationResult
+
+
+def _result(prob, **card_kw):
+    card = ModelCard(name="r", task="nuclei", out_channels=1, instances=True, **card_kw)
+    labels = labels_from_probability(prob, threshold=0.5, instances=True)
+    return SegmentationResult(labels, prob, None, card, 0.5, True, 0)
+
+
+def test_relabel_changes_labels_when_the_threshold_changes():
+    prob = _discs((100, 100), [(25, 25), (70, 70)], 10, value=[0.9, 0.6])
+    result = _result(prob)
+    assert result.count == 2
+    new = result.relabel(threshold=0.75)
+    assert result.threshold == 0.75
+    assert new is result.labels
+    assert result.count == 1 and result.labels[70, 70] == 0 and result.labels[25, 25] == 1
+    result.relabel(threshold=0.3)
+    assert result.count == 2
+
+
+def test_relabel_min_size_and_instances():
+    prob = _discs((100, 100), [(25, 25), (70, 70)], [10, 3])
+    result = _result(prob)
+    assert result.count == 2
+    result.relabel(min_size=100)
+    assert result.count == 1 and result.min_size == 100
+    result.relabel(instances=False)
+    assert not result.instances and set(np.unique(result.labels)) == {0, 1}
+    assert result.count == 1
+
+
+# --------------------------------------------------------------------------- measure / summarize
+
+
+def test_measure_returns_regionprops_columns():
+    labels = np.zeros((64, 64), np.uint32)
+    labels[disk((20, 20), 8)] = 1
+    labels[disk((45, 45), 6)] = 2
+    image = np.full((64, 64, 3), 200, np.uint8)
+    image[labels == 1] = (10, 20, 30)
+    table = measure(labels, image)
+    for column in ("label", "area", "centroid-0", "centroid-1", "bbox-0", "eccentricity", "solidity",
+                   "perimeter", "major_axis_length", "minor_axis_length", "orientation",
+                   "mean_intensity-0", "mean_intensity-2"):
+        assert column in table, column
+    np.testing.assert_array_equal(table["label"], [1, 2])
+    np.testing.assert_array_equal(table["area"], [(labels == 1).sum(), (labels == 2).sum()])
+    np.testing.assert_allclose(table["centroid-0"], [20, 45], atol=0.01)
+    np.testing.assert_allclose(table["mean_intensity-0"], [10, 200])
+    np.testing.assert_allclose(table["mean_intensity-2"], [30, 200])
+    assert not any(k.startswith("mean_intensity") for k in measure(labels))
+
+
+def test_measure_errors():
+    from napari_minenet.data import InputError
+
+    with pytest.raises(InputError, match="2-D labels"):
+        measure(np.zeros((2, 8, 8), np.uint32))
+    with pytest.raises(InputError, match="differ in size"):
+        measure(np.zeros((32, 32), np.uint32), np.arange(40 * 32, dtype=np.uint16).reshape(40, 32))
+
+
+def test_summarize():
+    labels = np.zeros((10, 10), np.uint32)
+    labels[0:2, 0:5] = 1  # 10 px
+    labels[5:10, 5:9] = 3  # 20 px (ids need not be consecutive)
+    assert summarize(labels, "nuclei") == "2 nuclei, mean area 15 px"
+    assert summarize(labels > 0, "vessels", instances=False) == "30.0% of the image is vessels"
+    assert summarize(np.zeros((4, 4), np.uint32), "nuclei") == "0 nuclei found"
+    assert summarize(np.zeros((0, 0), np.uint32)) == "nothing segmented"
