@@ -166,7 +166,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     bar = _progress_bar(0, "evaluating", "image")
     try:
         report = evaluate(args.data, args.model, device=args.device, threshold=args.threshold,
-                          progress=_tile_progress(bar))
+                          use_contours=not args.ignore_contours, ids=args.ids, progress=_tile_progress(bar))
     finally:
         bar.close()
     keys = [k for k in METRIC_KEYS if k in report["mean"]]
@@ -301,6 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--threshold", type=float, default=None)
     p.add_argument("--json", help="write the report as JSON")
+    p.add_argument("--ids", nargs="+", help="only these image ids (e.g. the validation images in a model card)")
+    p.add_argument("--ignore-contours", action="store_true",
+                   help="split instances without the contour channel (to measure what it gains)")
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("finetune", help="fine-tune a model on corrected examples (same folder layout as train)")

@@ -30,6 +30,7 @@ def evaluate_examples(
     *,
     device: str = "auto",
     threshold: float | None = None,
+    use_contours: bool = True,
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """(mean metrics, per-image rows) for examples already in memory."""
@@ -39,7 +40,7 @@ def evaluate_examples(
         if progress is not None:
             progress(k, len(examples))
         t0 = time.perf_counter()
-        result = segment(ex.image, model, device=device, threshold=threshold)
+        result = segment(ex.image, model, device=device, threshold=threshold, use_contours=use_contours)
         row: dict[str, Any] = {"id": ex.id}
         metrics = pixel_metrics(result.labels > 0, ex.mask, prob=result.probability, fov=ex.fov)
         if ex.labels is not None and result.instances:
@@ -59,16 +60,22 @@ def evaluate(
     *,
     device: str = "auto",
     threshold: float | None = None,
+    use_contours: bool = True,
+    ids: list[str] | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """``{"model", "data", "mean": {...}, "per_image": [{"id", ...}]}`` for a dataset folder."""
     model = load_model(model) if not isinstance(model, SegmentationModel) else model
-    examples = load_dataset(data)
-    mean, rows = evaluate_examples(examples, model, device=device, threshold=threshold, progress=progress)
-    return {
+    examples = load_dataset(data, ids=ids)
+    mean, rows = evaluate_examples(examples, model, device=device, threshold=threshold, use_contours=use_contours,
+                                   progress=progress)
+    report = {
         "model": model.card.name,
         "data": str(data),
         "threshold": model.card.default_threshold if threshold is None else threshold,
         "mean": mean,
         "per_image": rows,
     }
+    if not use_contours and model.card.has_contours:
+        report["contours"] = "ignored (distance-transform instance splitting)"
+    return report

@@ -74,6 +74,7 @@ def segment(
     overlap: int | None = None,
     batch_size: int = 1,
     precision: str = "fp32",
+    use_contours: bool = True,
     progress: ProgressCallback | None = None,
     cancel: CancelCheck | None = None,
 ) -> SegmentationResult:
@@ -81,6 +82,8 @@ def segment(
 
     ``instances`` defaults to the model card (nuclei: one label per nucleus; vessels and
     lesions: 0/1). ``threshold`` and ``min_size`` default to the card's values.
+    ``use_contours=False`` ignores a contour channel and splits instances by the distance
+    transform alone (to measure what the contour channel gains).
     """
     model = load_model(model) if not isinstance(model, SegmentationModel) else model
     card = model.card
@@ -89,7 +92,7 @@ def segment(
     instances = card.instances if instances is None else bool(instances)
     threshold = card.default_threshold if threshold is None else float(threshold)
     min_size = card.min_size if min_size is None else int(min_size)
-    contour = probs[1] if card.has_contours else None
+    contour = probs[1] if card.has_contours and use_contours else None
     labels = labels_for(probs[0], contour, card, threshold, instances, min_size)
     return SegmentationResult(labels, probs[0], contour, card, threshold, instances, min_size)
 

@@ -536,6 +536,12 @@ def train(
     }
     card.metrics = {"validation": {"data": source, "ids": [ex.id for ex in val_ex], "loss": vloss,
                                    "threshold": card.default_threshold, **vmetrics}}
+    if val_ex and card.has_contours and card.instances:
+        # what the contour channel gains: the same validation, instances split without it
+        from .evaluation import evaluate_examples
+
+        without, _ = evaluate_examples(val_ex, model, device=dev, use_contours=False)
+        card.metrics["validation, contour channel ignored"] = {"data": source, **without}
     save_model(model, output)
     result.val_metrics = vmetrics
     return result
