@@ -53,10 +53,13 @@ def test_tile_ranges_cover_the_axis_on_the_network_grid(length, tile, overlap):
     if length <= tile:
         assert ranges == [(0, length)]
         return
-    # every start is on the network's 4-pixel grid; tiles are `tile` long, the last up to 3 more
+    # every start is on the network's 4-pixel grid; tiles share one size <= `tile`, the last
+    # may be up to 3 px longer; no more tiles than needed
     assert all(a % GRID == 0 for a in starts)
-    assert all(b - a == tile for a, b in ranges[:-1])
-    assert tile <= ranges[-1][1] - ranges[-1][0] < tile + GRID
+    sizes = {b - a for a, b in ranges[:-1]}
+    assert len(sizes) <= 1 and all(size <= tile for size in sizes)
+    assert ranges[-1][1] - ranges[-1][0] < tile + GRID
+    assert len(ranges) <= max(2, int(np.ceil((length - overlap) / (tile - overlap)))) + 1
     # consecutive tiles overlap by at least the requested overlap, so nothing is left out
     assert all(ranges[i][1] - ranges[i + 1][0] >= overlap for i in range(len(ranges) - 1))
     covered = np.zeros(length, bool)

@@ -112,25 +112,27 @@ GRID = 4
 
 
 def tile_ranges(length: int, tile: int, overlap: int) -> list[tuple[int, int]]:
-    """(start, stop) of tiles covering ``length`` with at least ``overlap`` overlap.
+    """(start, stop) of the fewest tiles of at most ``tile`` pixels (+ up to GRID - 1 for
+    the last one) that cover ``length`` with at least ``overlap`` overlap.
 
-    Starts are multiples of :data:`GRID` and spread evenly; the last tile ends at
-    ``length`` (so it may be up to GRID - 1 pixels longer than ``tile``).
+    Tiles are made as short as that number of tiles allows (less overlap work than
+    fixed-size tiles), start on multiples of :data:`GRID` and are spread evenly; the last
+    tile ends at ``length``.
     """
     if length <= tile:
         return [(0, length)]
     if overlap >= tile:
         raise ValueError(f"tile overlap ({overlap}) must be smaller than the tile size ({tile})")
-    stride = tile - overlap
-    last = (length - tile) // GRID * GRID
-    n = math.ceil((last + 1e-9) / stride) + 1 if last > 0 else 1
+    n = max(2, math.ceil((length - overlap) / (tile - overlap)))
     while True:
+        size = math.ceil((length + (n - 1) * overlap) / n)
+        size += (-size) % GRID
+        last = (length - size) // GRID * GRID
         starts = sorted({int(round(v / GRID)) * GRID for v in np.linspace(0, last, n)})
-        gaps = np.diff(starts + [last]) if len(starts) > 1 else np.array([0])
-        if len(starts) == 1 or gaps.max() <= stride:
+        if all(b - a <= size - overlap for a, b in zip(starts, starts[1:])) and length - starts[-1] <= tile + GRID:
             break
         n += 1
-    ranges = [(s, s + tile) for s in starts]
+    ranges = [(s, s + size) for s in starts]
     ranges[-1] = (starts[-1], length)
     return ranges
 
@@ -190,48 +192,57 @@ def _sample_boxes(h: int, w: int, max_pixels: int, tile: int) -> list[tuple[int,
 
 
 @torch.no_grad()
-def adapt_batchnorm(network: nn.Module, batch: torch.Tensor) -> nn.Module:
+def adapt_batchnorm(network: nn.Module, batch: torch.Tensor, *, return_output: bool = False):
     """A copy of ``network`` whose BatchNorm statistics are those of ``batch`` (AdaBN).
 
     Every BatchNorm gets the mean and (biased) variance of its own input over (N, H, W)
     during one forward pass, which is exactly how BatchNorm normalises in training mode.
-    The original network is not changed.
+    The original network is not changed. With ``return_output`` the pass's output (the
+    prediction for ``batch``) is returned too: ``(network, logits)``.
     """
     net = copy.deepcopy(network).to(batch.device).eval()
+    if batch.device.type == "cpu":
+        net = net.to(memory_format=torch.channels_last)
+        batch = batch.contiguous(memory_format=torch.channels_last)
 
     def set_statistics(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
-        x = inputs[0]
-        module.running_mean.copy_(x.mean(dim=(0, 2, 3)))
-        module.running_var.copy_(x.var(dim=(0, 2, 3), unbiased=False))
+        var, mean = torch.var_mean(inputs[0], dim=(0, 2, 3), unbiased=False)
+        module.running_mean.copy_(mean)
+        module.running_var.copy_(var)
 
     handles = [m.register_forward_pre_hook(set_statistics) for m in net.modules()
                if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     try:
-        net(batch)
+        out = net(batch)
     finally:
         for handle in handles:
             handle.remove()
-    return net
+    return (net, out) if return_output else net
 
 
-def prepare_network(
-    model: SegmentationModel,
-    image: np.ndarray,
-    normalizer: Normalizer,
-    device: torch.device,
-) -> nn.Module:
+def prepare_network(model: SegmentationModel, image: np.ndarray, normalizer: Normalizer,
+                    device: torch.device) -> nn.Module:
     """The network ready to run on tiles of ``image``: statistics adapted, BN folded, on device."""
-    net = model.network
+    return _prepare(model, image, normalizer, device, keep_output=False)[0]
+
+
+def _prepare(model: SegmentationModel, image: np.ndarray, normalizer: Normalizer, device: torch.device,
+             keep_output: bool) -> tuple[nn.Module, torch.Tensor | None]:
+    """(network, logits): with ``keep_output`` and an image whose statistics come from the
+    whole image, the statistics pass already is the prediction and its logits are kept."""
+    net, logits = model.network, None
     if model.card.bn_statistics == "image":
         h, w = image.shape[:2]
         boxes = _sample_boxes(h, w, BN_SAMPLE_PIXELS, BN_SAMPLE_TILE)
         tiles = [normalizer(image[y0:y1, x0:x1]) for y0, y1, x0, x1 in boxes]
         batch = torch.from_numpy(np.stack(tiles)).to(device)
-        net = adapt_batchnorm(net, batch)
+        net, out = adapt_batchnorm(net, batch, return_output=True)
+        if keep_output and boxes == [(0, h, 0, w)]:
+            return net, out
     fused = fuse_for_inference(net).to(device)  # a copy: the caller's model is never modified
     if device.type == "cpu":
         fused = fused.to(memory_format=torch.channels_last)
-    return fused
+    return fused, logits
 
 
 # --------------------------------------------------------------------------- prediction
@@ -263,6 +274,7 @@ def predict_tiled(
     overlap = int(card.tile_overlap if overlap is None else overlap)
     if tile_size < 32:
         raise ValueError(f"tile size {tile_size} is too small (minimum 32)")
+    _autocast(torch.device("cpu"), precision)  # reject an unknown precision before any work
     tile_size -= tile_size % GRID
     if overlap > tile_size // 2:
         warnings.warn(f"tile overlap {overlap} reduced to half the tile size ({tile_size // 2})", RuntimeWarning,
@@ -303,8 +315,13 @@ def _predict_tiles(image, model, device, tile_size, overlap, batch_size, precisi
     normalizer = Normalizer.for_image(image, card.normalization, card.in_channels)
     if cancel is not None and cancel():
         raise Cancelled()
-    net = prepare_network(model, image, normalizer, device)
     ys, xs = tile_ranges(h, tile_size, overlap), tile_ranges(w, tile_size, overlap)
+    one_tile = len(ys) == 1 and len(xs) == 1
+    net, logits = _prepare(model, image, normalizer, device, keep_output=one_tile)
+    if logits is not None:  # the statistics pass covered the whole image: it is the prediction
+        if progress is not None:
+            progress(1, 1)
+        return np.clip(torch.sigmoid(logits.float())[0].cpu().numpy(), 0.0, 1.0)
     wy, wx = blend_weights(h, ys, overlap), blend_weights(w, xs, overlap)
     boxes = [(i, j) for i in range(len(ys)) for j in range(len(xs))]
     out = np.zeros((card.out_channels, h, w), np.float32)

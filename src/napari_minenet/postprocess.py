@@ -6,9 +6,9 @@ the widget's live threshold slider and evaluation all call it.
 Instances: connected components of the thresholded foreground are split where the
 network sees several objects. With a contour channel, seeds are the foreground minus
 predicted contours; without it, seeds are the maxima of the distance transform (h-maxima,
-so shallow necks do not over-split). Each component is split on its own crop, so memory
-and time scale with the objects, not the image, and components with a single seed are
-left untouched.
+so shallow necks do not over-split). Each component is split on its own crop, in place in
+the output array, so memory is the output plus one crop, time scales with the objects,
+and components with a single seed are left untouched.
 """
 
 from __future__ import annotations
@@ -37,16 +37,48 @@ def threshold_mask(prob: np.ndarray, threshold: float = 0.5, *, fill_holes: bool
     return mask
 
 
+_CHUNK_ROWS = 1024  # rows per chunk for whole-image passes (bounded temporaries)
+
+
+def _chunks(n_rows: int):
+    for r0 in range(0, n_rows, _CHUNK_ROWS):
+        yield slice(r0, min(n_rows, r0 + _CHUNK_ROWS))
+
+
+def _area_counts(labels: np.ndarray, n: int) -> np.ndarray:
+    """np.bincount(labels) without an int64 copy of the whole image."""
+    counts = np.zeros(n + 1, np.int64)
+    for rows in _chunks(labels.shape[0]):
+        counts += np.bincount(labels[rows].ravel(), minlength=n + 1)[: n + 1]
+    return counts
+
+
+def _apply_lut(labels: np.ndarray, lut: np.ndarray) -> np.ndarray:
+    """labels = lut[labels], in place, chunk by chunk."""
+    for rows in _chunks(labels.shape[0]):
+        labels[rows] = lut[labels[rows]]
+    return labels
+
+
 def remove_small(labels: np.ndarray, min_size: int) -> np.ndarray:
-    """Drop objects smaller than ``min_size`` pixels and renumber 1..N (uint32)."""
-    if labels.size == 0:
-        return labels.astype(np.uint32)
-    sizes = np.bincount(labels.ravel())
-    keep = sizes >= max(1, min_size)
+    """Drop objects smaller than ``min_size`` pixels and renumber 1..N (uint32, a new array)."""
+    out = np.array(labels, dtype=np.uint32, copy=True)
+    if out.size == 0:
+        return out
+    return _renumber(out, max(1, min_size))
+
+
+def _renumber(labels: np.ndarray, min_size: int) -> np.ndarray:
+    """In place: remove objects below ``min_size`` px and number the rest 1..N."""
+    n = int(labels.max(initial=0))
+    if n == 0:
+        return labels
+    sizes = _area_counts(labels, n)
+    keep = sizes >= min_size
     keep[0] = False
-    lut = np.zeros(sizes.size, np.uint32)
+    lut = np.zeros(n + 1, np.uint32)
     lut[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.uint32)
-    return lut[labels]
+    return _apply_lut(labels, lut)
 
 
 def _seeds_from_distance(mask: np.ndarray, h: float) -> tuple[np.ndarray, np.ndarray]:
@@ -59,60 +91,75 @@ def _seeds_from_distance(mask: np.ndarray, h: float) -> tuple[np.ndarray, np.nda
     return seeds, -dist
 
 
+def _seeds_from_contour(obj: np.ndarray, contour: np.ndarray, contour_threshold: float) -> np.ndarray:
+    core = obj & (contour < contour_threshold)
+    seeds, ns = ndi.label(core)
+    if ns > 1:  # drop seed fragments much smaller than the largest one (contour noise)
+        sizes = np.bincount(seeds.ravel())
+        sizes[0] = 0
+        small = sizes < max(4, 0.05 * sizes.max())
+        small[0] = False
+        if small.any():
+            seeds[small[seeds]] = 0
+            seeds, _ = ndi.label(seeds > 0)
+    return seeds
+
+
 def split_instances(
     mask: np.ndarray,
     contour: np.ndarray | None = None,
     *,
     contour_threshold: float = 0.5,
     h: float = 2.0,
+    min_size: int = 0,
+    fill_holes: bool = False,
 ) -> np.ndarray:
-    """Split a boolean foreground into instances; returns int32/uint32 labels (0 = background)."""
+    """Split a boolean foreground into instances; uint32 labels 1..N (0 = background).
+
+    Works in place in the output array: connected components are labelled once, then only
+    components big enough to hold two objects are examined on their own crop (holes
+    filled there when ``fill_holes``), so memory stays at the output plus one crop.
+    Objects smaller than ``min_size`` pixels are removed.
+    """
     from skimage.segmentation import watershed
 
-    cc, n = ndi.label(mask, output=np.int32 if mask.size < 2**31 else np.int64)
+    labels = np.zeros(mask.shape, np.uint32)
+    n = int(ndi.label(mask, output=labels))
     if n == 0:
-        return cc
-    slices = ndi.find_objects(cc)
-    out = np.zeros(mask.shape, np.uint32)
-    next_id = 1
-    pad = 1
-    for index, sl in enumerate(slices, start=1):
-        if sl is None:
-            continue
-        sl = tuple(slice(max(0, s.start - pad), min(dim, s.stop + pad)) for s, dim in zip(sl, mask.shape))
-        obj = cc[sl] == index
+        return labels
+    min_keep = max(1, int(min_size))
+    sizes = _area_counts(labels, n)
+    next_id = n + 1
+    for index, sl in enumerate(ndi.find_objects(labels), start=1):
+        area = int(sizes[index])
+        if sl is None or area < max(min_keep, 2 * 8):
+            continue  # too small to hold two objects; tiny ones are removed at the end
+        sl = tuple(slice(max(0, s.start - 1), min(dim, s.stop + 1)) for s, dim in zip(sl, mask.shape))
+        region = labels[sl]
+        obj = region == index
+        if fill_holes:
+            holes = ndi.binary_fill_holes(obj) & (region == 0)
+            if holes.any():
+                region[holes] = index
+                obj |= holes
         if contour is not None:
-            core = obj & (contour[sl] < contour_threshold)
-            seeds, ns = ndi.label(core)
-            if ns > 1:
-                # drop seed fragments much smaller than the largest one (contour noise)
-                sizes = np.bincount(seeds.ravel())
-                sizes[0] = 0
-                small = sizes < max(4, 0.05 * sizes.max())
-                small[0] = False
-                if small.any():
-                    seeds[small[seeds]] = 0
-                    seeds, ns = ndi.label(seeds > 0)
+            seeds = _seeds_from_contour(obj, contour[sl], contour_threshold)
             elevation = contour[sl]
+        elif area >= 30:
+            seeds, elevation = _seeds_from_distance(obj, h)
         else:
-            if obj.sum() < 30:
-                ns = 1
-            else:
-                seeds, elevation = _seeds_from_distance(obj, h)
-                ns = int(seeds.max())
-        region = out[sl]
+            continue
+        ns = int(seeds.max())
         if ns <= 1:
-            region[obj] = next_id
-            next_id += 1
             continue
         split = watershed(elevation, seeds, mask=obj)
-        # pixels of the object not reached by any seed stay with their nearest seed
-        if (obj & (split == 0)).any():
+        if (obj & (split == 0)).any():  # pixels no seed reached go to the nearest seed
             _, (iy, ix) = ndi.distance_transform_edt(split == 0, return_indices=True)
             split = np.where(obj, split[iy, ix], 0)
-        region[obj] = split[obj].astype(np.uint32) + (next_id - 1)
-        next_id += int(split.max())
-    return out
+        parts = split[obj].astype(np.uint32)
+        region[obj] = np.where(parts == 1, index, parts - 2 + next_id)  # the first part keeps the id
+        next_id += ns - 1
+    return _renumber(labels, min_keep)
 
 
 def labels_from_probability(
@@ -135,11 +182,13 @@ def labels_from_probability(
         raise ValueError(f"probability must be 2-D (H, W), got shape {probability.shape}")
     if contour is not None and contour.shape != probability.shape:
         raise ValueError(f"contour {contour.shape} and probability {probability.shape} differ in shape")
+    if instances:  # holes are filled object by object (bounded memory)
+        mask = threshold_mask(probability, threshold, keep_largest=keep_largest)
+        return split_instances(mask, contour, contour_threshold=contour_threshold, min_size=min_size,
+                               fill_holes=fill_holes)
     mask = threshold_mask(probability, threshold, fill_holes=fill_holes, keep_largest=keep_largest)
-    if instances:
-        labels = split_instances(mask, contour, contour_threshold=contour_threshold)
-        return remove_small(labels, min_size) if min_size > 0 else labels.astype(np.uint32, copy=False)
     if min_size > 0:
-        cc, _ = ndi.label(mask)
-        mask = remove_small(cc, min_size) > 0
+        cc = np.zeros(mask.shape, np.uint32)
+        ndi.label(mask, output=cc)
+        mask = _renumber(cc, min_size) > 0
     return mask.astype(np.uint32)

@@ -247,6 +247,25 @@ def choose_threshold(model: SegmentationModel, examples: list[TrainingExample], 
     return best_t
 
 
+def choose_instance_thresholds(model: SegmentationModel, examples: list[TrainingExample],
+                               probs: list[np.ndarray]) -> tuple[float, float]:
+    """(foreground, contour) thresholds with the best mean validation AJI (instance models
+    with labelled validation images); the card's values when there is nothing to tune on."""
+    card = model.card
+    usable = [(p, ex) for p, ex in zip(probs, examples) if ex.labels is not None]
+    if not usable or not card.instances:
+        return card.default_threshold, card.contour_threshold
+    best, best_aji = (card.default_threshold, card.contour_threshold), -1.0
+    contour_grid = (0.3, 0.4, 0.5, 0.6) if card.has_contours else (card.contour_threshold,)
+    for t in (0.4, 0.45, 0.5, 0.55, 0.6):
+        for ct in contour_grid:
+            trial = dataclasses.replace(card, contour_threshold=ct)
+            aji = np.mean([instance_metrics(_labels(p, trial, t), ex.labels)["aji"] for p, ex in usable])
+            if aji > best_aji + 1e-6:
+                best, best_aji = (float(t), float(ct)), float(aji)
+    return best
+
+
 # --------------------------------------------------------------------------- checkpoints
 
 
@@ -461,6 +480,29 @@ def fit(
     return result
 
 
+def calibrate_and_score(model: SegmentationModel, val_ex: list[TrainingExample], loss_fn: nn.Module,
+                        device: torch.device, source: str) -> tuple[float, dict[str, float]]:
+    """Pick the card's thresholds on the validation images and record the validation metrics
+    (and, for a contour channel, the same metrics without it) in ``model.card.metrics``."""
+    card = model.card
+    _, _, probs = validate(model, val_ex, loss_fn, device)
+    if card.instances and any(ex.labels is not None for ex in val_ex):
+        card.default_threshold, card.contour_threshold = choose_instance_thresholds(model, val_ex, probs)
+    else:
+        card.default_threshold = choose_threshold(model, val_ex, probs)
+    vloss, vmetrics, _ = validate(model, val_ex, loss_fn, device, instances=card.instances, probabilities=probs)
+    card.metrics = {"validation": {"data": source, "ids": [ex.id for ex in val_ex], "loss": vloss,
+                                   "threshold": card.default_threshold, "contour_threshold": card.contour_threshold,
+                                   **vmetrics}}
+    if card.has_contours and card.instances:
+        # what the contour channel gains: the same validation, instances split without it
+        from .evaluation import evaluate_examples
+
+        without, _ = evaluate_examples(val_ex, model, device=device, use_contours=False)
+        card.metrics["validation, contour channel ignored"] = {"data": source, **without}
+    return vloss, vmetrics
+
+
 def train(
     data: str | Path | list[TrainingExample],
     output: str | Path,
@@ -509,21 +551,16 @@ def train(
         resume=Path(resume) if resume else None, validate_instances=card.instances,
         checkpoint_meta={"config": dataclasses.asdict(cfg)},
     )
-    # final validation at the chosen weights: pick the threshold, record the metrics
-    if val_ex:
-        _, _, probs = validate(model, val_ex, loss_fn, dev)
-        card.default_threshold = choose_threshold(model, val_ex, probs)
-        vloss, vmetrics, _ = validate(model, val_ex, loss_fn, dev, instances=card.instances, probabilities=probs)
-    else:
-        vloss, vmetrics = result.best_val_loss, result.val_metrics
     source = str(data) if not isinstance(data, list) else "examples in memory"
+    vloss, vmetrics = calibrate_and_score(model, val_ex, loss_fn, dev, source) if val_ex else (
+        result.best_val_loss, result.val_metrics)
     card.training = {
         "data": source,
         "train_ids": [ex.id for ex in train_ex],
         "val_ids": [ex.id for ex in val_ex],
         "command": command,
         "config": dataclasses.asdict(cfg),
-        "epochs_run": result.best_epoch if result.stopped != "epochs" else cfg.epochs,
+        "epochs_run": sum(1 for h in result.history if "val_loss" in h),
         "steps": result.steps,
         "stopped": result.stopped,
         "best_epoch": result.best_epoch,
@@ -534,14 +571,6 @@ def train(
         "augmentation": dataclasses.asdict(Augmentation.for_task(cfg.task)),
         "batches": "each batch holds patches of one image (per-image BatchNorm statistics)",
     }
-    card.metrics = {"validation": {"data": source, "ids": [ex.id for ex in val_ex], "loss": vloss,
-                                   "threshold": card.default_threshold, **vmetrics}}
-    if val_ex and card.has_contours and card.instances:
-        # what the contour channel gains: the same validation, instances split without it
-        from .evaluation import evaluate_examples
-
-        without, _ = evaluate_examples(val_ex, model, device=dev, use_contours=False)
-        card.metrics["validation, contour channel ignored"] = {"data": source, **without}
     save_model(model, output)
     result.val_metrics = vmetrics
     return result
