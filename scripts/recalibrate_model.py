@@ -25,12 +25,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="path without suffix, e.g. weights/nuclei")
     parser.add_argument("--fill-holes", action=argparse.BooleanOptionalAction, default=None)
+    parser.add_argument("--licence", help="licence of the training data, for the card")
     args = parser.parse_args()
     base = Path(args.model)
     card = ModelCard.from_dict(json.loads(base.with_suffix(".json").read_text()))
     card = dataclasses.replace(card, weights_sha256="", package_version="")
     if args.fill_holes is not None:
         card.fill_holes = args.fill_holes
+    if args.licence:
+        card.licence = args.licence
     network = card.build_network()
     network.load_state_dict(load_file(str(base.with_suffix(".safetensors"))))
     model = SegmentationModel(network.eval(), card)

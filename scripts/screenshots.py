@@ -33,6 +33,9 @@ def main() -> None:
     parser.add_argument("--sample", default="ihc")
     parser.add_argument("--model", default="nuclei")
     parser.add_argument("--out", default=str(DOCS / "segment.png"))
+    parser.add_argument("--finetune", help="also correct, add an example, fine-tune, and save this screenshot")
+    parser.add_argument("--finetune-seconds", type=int, default=30)
+    parser.add_argument("--examples", default="/tmp/minenet-screenshot-examples")
     args = parser.parse_args()
 
     viewer = napari.Viewer(title="napari-minenet")
@@ -56,7 +59,41 @@ def main() -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     viewer.screenshot(args.out, canvas_only=False, flash=False)
     print(f"wrote {args.out}: {panel.summary_label.text()}")
+    if args.finetune:
+        finetune_screenshot(viewer, widget, args)
     viewer.close()
+
+
+def finetune_screenshot(viewer, widget, args) -> None:
+    """A user's session: erase a false object, paint a missed one, add, fine-tune."""
+    import shutil
+
+    import numpy as np
+
+    panel, learn = widget.segment_panel, widget.learn_panel
+    layer = panel.labels_layer
+    data = layer.data
+    ids, counts = np.unique(data[data > 0], return_counts=True)
+    if ids.size:
+        layer.fill(tuple(int(v) for v in np.argwhere(data == ids[np.argmin(counts)])[0]), 0)  # erase one object
+    layer.brush_size = 12
+    layer.selected_label = int(data.max()) + 1
+    layer.paint((40, 40), layer.selected_label)  # paint a missed one
+    layer.mode = "paint"
+    shutil.rmtree(args.examples, ignore_errors=True)
+    learn.open_store(args.examples)
+    learn.add_example()
+    learn.resegment_check.setChecked(False)
+    learn.budget_spin.setValue(args.finetune_seconds)
+    learn.start_finetune()
+    wait_for(lambda: learn.worker is None, timeout=args.finetune_seconds + 120)
+    for _ in range(20):
+        QApplication.processEvents()
+        time.sleep(0.05)
+    widget.scroll_area.ensureWidgetVisible(learn.loss_plot)
+    QApplication.processEvents()
+    viewer.screenshot(args.finetune, canvas_only=False, flash=False)
+    print(f"wrote {args.finetune}: {learn.status_label.text()}")
 
 
 if __name__ == "__main__":

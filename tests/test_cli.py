@@ -202,3 +202,18 @@ def test_parser_errors_exit_with_usage(capsys):
         main(["segment", "x.png"])  # -o is required
     assert exc.value.code == 2
     assert "--output" in capsys.readouterr().err
+
+
+def test_demo_headless_segments_the_bundled_sample(tmp_path, capsys, monkeypatch, tiny_model_path):
+    """`napari-minenet demo` without a display: labels + overlay of the bundled sample."""
+    from napari_minenet.cli import main
+
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    rc = main(["demo", "-o", str(tmp_path / "demo"), "--model", str(tiny_model_path)])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "headlessly" in out and "ihc.png" in out
+    labels = tifffile.imread(tmp_path / "demo" / "ihc_labels.tif")
+    assert labels.shape == (512, 512) and labels.dtype == np.uint32
+    assert (tmp_path / "demo" / "ihc_overlay.png").is_file()

@@ -38,12 +38,12 @@ class MiniNetWidget(QWidget):
         layout.addWidget(_section("2. Correct && learn", self.learn_panel))
         layout.addWidget(_section("3. Models", self.models_panel))
         layout.addStretch(1)
-        scroll = QScrollArea()
-        scroll.setWidgetResizable(True)
-        scroll.setWidget(content)
+        self.scroll_area = QScrollArea()
+        self.scroll_area.setWidgetResizable(True)
+        self.scroll_area.setWidget(content)
         outer = QVBoxLayout(self)
         outer.setContentsMargins(0, 0, 0, 0)
-        outer.addWidget(scroll)
+        outer.addWidget(self.scroll_area)
         self.setMinimumWidth(340)
 
         # closing the viewer (or quitting) stops running work at the next tile / step;

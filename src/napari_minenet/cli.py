@@ -32,7 +32,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     )
     command = "napari-minenet " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     gen = train(args.data, args.output, cfg, val_data=args.val_data, name=args.name, resume=args.resume,
-                command=command)
+                command=command, licence=args.licence)
     bar = _progress_bar(cfg.epochs * cfg.steps_per_epoch, "training", "step")
     try:
         while True:
@@ -359,6 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--working-long-side", type=int, default=None,
                    help="resize images so their long side is this many pixels (lesion default: 256)")
     p.add_argument("--resume", help="checkpoint to continue from (<output>.ckpt)")
+    p.add_argument("--licence", default="", help="licence of the training data, recorded in the model card")
     p.add_argument("--architecture", choices=["MiniNet", "UNet"], default="MiniNet",
                    help="UNet = MONAI BasicUNet, the benchmarks' reference (needs monai)")
     p.set_defaults(func=_cmd_train)

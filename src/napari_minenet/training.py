@@ -512,6 +512,7 @@ def train(
     name: str | None = None,
     resume: str | Path | None = None,
     command: str = "",
+    licence: str = "",
     cancel: Callable[[], bool] | None = None,
 ) -> Generator[TrainingProgress, None, TrainingResult]:
     """Train a new Mini-Net on a dataset folder and save it to ``output`` (.safetensors + .json).
@@ -533,6 +534,7 @@ def train(
     card = default_card(name, cfg.task, contours=bool(cfg.contours), working_long_side=cfg.working_long_side)
     in_channels = 1 if all(ex.image.ndim == 2 for ex in train_ex) else 3
     card.in_channels = in_channels
+    card.licence = licence
     card.architecture = {"name": cfg.architecture} if cfg.architecture != "MiniNet" else card.architecture
     model = SegmentationModel.new(card)
     dev = select_device(cfg.device)
