@@ -133,17 +133,14 @@ def measure_split(model, examples, args, device) -> dict:
 
 def measure_product_finetune(model, examples, args, device) -> dict:
     from napari_minenet.finetuning import FinetuneConfig, finetune
+    from napari_minenet.training import run_to_end
 
     cfg = FinetuneConfig(max_seconds=args.seconds, patch_size=args.patch_size, batch_size=args.batch_size,
                          device=str(device))
     with tempfile.TemporaryDirectory() as tmp:
         gen = finetune(model, examples, cfg, output=Path(tmp) / "bench-finetune")
         t0 = time.perf_counter()
-        try:
-            while True:
-                next(gen)
-        except StopIteration as stop:
-            result = stop.value
+        result = run_to_end(gen)
         wall = time.perf_counter() - t0
     return {"steps": result.steps, "seconds": result.seconds, "wall_s": wall,
             "effective_patches_per_s": result.steps * args.batch_size / result.seconds if result.seconds else None}

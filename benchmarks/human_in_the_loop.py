@@ -31,6 +31,7 @@ import torch
 from napari_minenet.data import TrainingExample, load_dataset
 from napari_minenet.evaluation import evaluate_examples
 from napari_minenet.finetuning import FinetuneConfig, finetune
+from napari_minenet.training import run_to_end
 from napari_minenet.metrics import mean_metrics, pixel_metrics
 from napari_minenet.zoo import load_model
 
@@ -103,11 +104,7 @@ def run(data: str, model_name: str, ks: list[int], seconds: float, crop: int, se
             cfg = FinetuneConfig(max_seconds=seconds, device="cpu", seed=seed)
             start = time.perf_counter()
             gen = finetune(model, tune, cfg, output=Path("/tmp") / f"hitl-{model.card.name}-{k}-{seed}")
-            try:
-                while True:
-                    next(gen)
-            except StopIteration as stop:
-                result = stop.value
+            result = run_to_end(gen)
             wall = time.perf_counter() - start
             after, _ = evaluate_examples(rest, result.model, device="cpu")
             after = {m: after[m] for m in KEYS if m in after}

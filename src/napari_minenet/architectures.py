@@ -7,10 +7,9 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .model import MiniNet
+from .model import MiniNet, pad_to_multiple
 
 __all__ = ["ARCHITECTURES", "build_network", "ReferenceUNet"]
 
@@ -33,12 +32,7 @@ class ReferenceUNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
-        ph, pw = (-h) % self.size_multiple, (-w) % self.size_multiple
-        if ph or pw:
-            mode = "reflect" if (h > ph and w > pw) else "replicate"
-            x = F.pad(x, (0, pw, 0, ph), mode=mode)
-        out = self.net(x)
-        return out[..., :h, :w] if (ph or pw) else out
+        return self.net(pad_to_multiple(x, self.size_multiple))[..., :h, :w]
 
 
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {

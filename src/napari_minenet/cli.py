@@ -21,7 +21,7 @@ def _progress_bar(total: int, desc: str, unit: str):
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .training import TrainConfig, train
+    from .training import TrainConfig, run_to_end, train
 
     cfg = TrainConfig(
         task=args.task, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, patch_size=args.patch_size,
@@ -34,21 +34,21 @@ def _cmd_train(args: argparse.Namespace) -> int:
     gen = train(args.data, args.output, cfg, val_data=args.val_data, name=args.name, resume=args.resume,
                 command=command, licence=args.licence)
     bar = _progress_bar(cfg.epochs * cfg.steps_per_epoch, "training", "step")
+
+    def show(rec) -> None:
+        if rec.kind == "step":
+            bar.n = rec.step
+            bar.set_postfix(epoch=rec.epoch, loss=f"{rec.loss:.4f}", lr=f"{rec.lr:.1e}", refresh=False)
+            bar.refresh()
+        elif rec.kind == "validation":
+            extra = " ".join(f"{k}={v:.4f}" for k, v in rec.val_metrics.items() if k in ("f1", "aji", "auc"))
+            bar.write(f"epoch {rec.epoch:3d}  step {rec.step:6d}  {rec.elapsed / 60:6.1f} min  "
+                      f"val_loss={rec.val_loss:.4f} {extra}{'  *' if rec.improved else ''}")
+        elif rec.kind == "done":
+            bar.write(rec.message)
+
     try:
-        while True:
-            rec = next(gen)
-            if rec.kind == "step":
-                bar.n = rec.step
-                bar.set_postfix(epoch=rec.epoch, loss=f"{rec.loss:.4f}", lr=f"{rec.lr:.1e}", refresh=False)
-                bar.refresh()
-            elif rec.kind == "validation":
-                extra = " ".join(f"{k}={v:.4f}" for k, v in rec.val_metrics.items() if k in ("f1", "aji", "auc"))
-                bar.write(f"epoch {rec.epoch:3d}  step {rec.step:6d}  {rec.elapsed / 60:6.1f} min  "
-                          f"val_loss={rec.val_loss:.4f} {extra}{'  *' if rec.improved else ''}")
-            elif rec.kind == "done":
-                bar.write(rec.message)
-    except StopIteration as stop:
-        result = stop.value
+        result = run_to_end(gen, show)
     finally:
         bar.close()
     out = Path(args.output)
@@ -187,24 +187,25 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
     from .finetuning import FinetuneConfig, finetune
+    from .training import run_to_end
 
     cfg = FinetuneConfig(max_seconds=args.max_seconds, lr=args.lr, l2sp=args.l2sp, seed=args.seed,
                          device=args.device, patch_size=args.patch_size, batch_size=args.batch_size)
     gen = finetune(args.model, args.data, cfg, output=args.output)
     bar = _progress_bar(int(cfg.max_seconds), "fine-tuning", "s")
+
+    def show(rec) -> None:
+        bar.n = min(int(rec.elapsed), bar.total)
+        if rec.kind == "step":
+            bar.set_postfix(step=rec.step, loss=f"{rec.loss:.4f}", refresh=False)
+        elif rec.kind == "validation" and rec.val_loss is not None:
+            bar.write(f"{rec.elapsed:6.1f} s  step {rec.step:5d}  held-out loss {rec.val_loss:.4f}"
+                      + (f"  F1 {rec.val_score:.4f}" if rec.val_score is not None else "")
+                      + ("  *" if rec.improved else "") + (f"  ({rec.message})" if rec.message else ""))
+        bar.refresh()
+
     try:
-        while True:
-            rec = next(gen)
-            bar.n = min(int(rec.elapsed), bar.total)
-            if rec.kind == "step":
-                bar.set_postfix(step=rec.step, loss=f"{rec.loss:.4f}", refresh=False)
-            elif rec.kind == "validation" and rec.val_loss is not None:
-                bar.write(f"{rec.elapsed:6.1f} s  step {rec.step:5d}  held-out loss {rec.val_loss:.4f}"
-                          + (f"  F1 {rec.val_score:.4f}" if rec.val_score is not None else "")
-                          + ("  *" if rec.improved else "") + (f"  ({rec.message})" if rec.message else ""))
-            bar.refresh()
-    except StopIteration as stop:
-        result = stop.value
+        result = run_to_end(gen, show)
     finally:
         bar.close()
     print(("accepted: " if result.accepted else "rejected: ") + result.reason)

@@ -24,10 +24,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["MiniNet", "ConvBN", "DMResBlock", "count_parameters", "fuse_for_inference"]
+__all__ = ["MiniNet", "ConvBN", "DMResBlock", "count_parameters", "fuse_for_inference", "pad_to_multiple"]
 
 #: Trainable parameters the paper reports for RGB input (Keras counting).
 PAPER_TRAINABLE_PARAMETERS = 36_657
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Pad H and W at the bottom / right to a multiple (reflection; replicate if too small)."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if not (ph or pw):
+        return x
+    mode = "reflect" if (h > ph and w > pw) else "replicate"
+    return F.pad(x, (0, pw, 0, ph), mode=mode)
 
 
 class ConvBN(nn.Module):
@@ -150,19 +160,14 @@ class MiniNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
-        ph, pw = (-h) % self.size_multiple, (-w) % self.size_multiple
-        if ph or pw:
-            mode = "reflect" if (h > ph and w > pw) else "replicate"
-            x = F.pad(x, (0, pw, 0, ph), mode=mode)
+        x = pad_to_multiple(x, self.size_multiple)
         e1 = self.enc1(self.stem(x))
         e2 = self.enc2(self.down1(e1))
         b = self.bottleneck(self.down2(e2))
         d2 = self.dec2(self.up2(b), skip=e2)
         d1 = self.dec1(self.up1(d2), skip=e1)
         out = self.classifier(F.relu(self.head(d1)))
-        if ph or pw:
-            out = out[..., :h, :w]
-        return out
+        return out[..., :h, :w]
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:

@@ -45,6 +45,7 @@ __all__ = [
     "split_examples",
     "default_card",
     "hardware_description",
+    "run_to_end",
 ]
 
 #: defaults that differ by task (the rest of TrainConfig applies to all)
@@ -120,6 +121,18 @@ class TrainingResult:
     stopped: str  # "epochs", "early stopping", "time budget", "cancelled"
     elapsed: float
     steps: int
+
+
+def run_to_end(generator: Generator[TrainingProgress, None, Any],
+               on_record: Callable[[TrainingProgress], None] | None = None) -> Any:
+    """Drive a training / fine-tuning generator to its end; returns its result."""
+    while True:
+        try:
+            record = next(generator)
+        except StopIteration as stop:
+            return stop.value
+        if on_record is not None:
+            on_record(record)
 
 
 def hardware_description(device: torch.device) -> str:
