@@ -56,12 +56,20 @@ def test_touching_discs_split_by_contour_map():
     assert ((labels > 0) == (prob > 0.5)).all()  # contour pixels are given to a neighbour
 
 
-def test_contour_below_threshold_does_not_split():
-    prob = _discs(**TOUCHING)
+def test_only_a_confident_contour_splits_a_convex_object():
+    from skimage.draw import ellipse
+
+    prob = np.zeros((64, 120), np.float32)
+    rr, cc = ellipse(32, 60, 16, 40, shape=prob.shape)
+    prob[rr, cc] = 0.95  # one elongated, convex object: the distance transform keeps it whole
     contour = np.zeros_like(prob)
-    contour[:, 46:49] = 0.3
+    assert len(_ids(labels_from_probability(prob, instances=True, contour=contour))) == 1
+    contour[:, 58:62] = 0.3  # a weak contour across it: interior (prob - contour = 0.65) stays connected
+    assert len(_ids(labels_from_probability(prob, instances=True, contour=contour, contour_threshold=0.5))) == 1
+    contour[:, 58:62] = 0.9  # a confident contour: two objects
     labels = labels_from_probability(prob, instances=True, contour=contour, contour_threshold=0.5)
-    assert len(_ids(labels)) == 1
+    assert len(_ids(labels)) == 2
+    assert labels[32, 40] != labels[32, 80]
 
 
 def test_three_discs_in_a_row_give_three_labels():

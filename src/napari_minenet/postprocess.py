@@ -4,9 +4,10 @@
 the widget's live threshold slider and evaluation all call it.
 
 Instances: connected components of the thresholded foreground are split where the
-network sees several objects. With a contour channel, seeds are the foreground minus
-predicted contours; without it, seeds are the maxima of the distance transform (h-maxima,
-so shallow necks do not over-split). Each component is split on its own crop, in place in
+network sees several objects. Seeds are the h-maxima of the distance transform of each
+object's interior (h-maxima, so shallow necks do not over-split); with a contour channel
+the interior excludes the predicted contours (foreground - contour > contour threshold),
+which separates touching nuclei a binary mask cannot. Each component is split on its own crop, in place in
 the output array, so memory is the output plus one crop, time scales with the objects,
 and components with a single seed are left untouched.
 """
@@ -81,33 +82,21 @@ def _renumber(labels: np.ndarray, min_size: int) -> np.ndarray:
     return _apply_lut(labels, lut)
 
 
-def _seeds_from_distance(mask: np.ndarray, h: float) -> tuple[np.ndarray, np.ndarray]:
+def _seeds_from_distance(region: np.ndarray, obj: np.ndarray, h: float) -> tuple[np.ndarray, np.ndarray]:
+    """Seeds at the h-maxima of the (smoothed) distance transform of ``region``, inside
+    ``obj``; returns (seeds, elevation for the watershed)."""
     from skimage.morphology import h_maxima
 
-    dist = ndi.distance_transform_edt(mask)
-    dist = ndi.gaussian_filter(dist, 1.0) * mask
-    peaks = h_maxima(dist, h) & mask
-    seeds, _ = ndi.label(peaks)
+    dist = ndi.distance_transform_edt(region)
+    smooth = ndi.gaussian_filter(dist, 1.0) * region
+    seeds, _ = ndi.label(h_maxima(smooth, h) & obj)
     return seeds, -dist
-
-
-def _seeds_from_contour(obj: np.ndarray, contour: np.ndarray, contour_threshold: float) -> np.ndarray:
-    core = obj & (contour < contour_threshold)
-    seeds, ns = ndi.label(core)
-    if ns > 1:  # drop seed fragments much smaller than the largest one (contour noise)
-        sizes = np.bincount(seeds.ravel())
-        sizes[0] = 0
-        small = sizes < max(4, 0.05 * sizes.max())
-        small[0] = False
-        if small.any():
-            seeds[small[seeds]] = 0
-            seeds, _ = ndi.label(seeds > 0)
-    return seeds
 
 
 def split_instances(
     mask: np.ndarray,
     contour: np.ndarray | None = None,
+    probability: np.ndarray | None = None,
     *,
     contour_threshold: float = 0.5,
     h: float = 2.0,
@@ -115,6 +104,11 @@ def split_instances(
     fill_holes: bool = False,
 ) -> np.ndarray:
     """Split a boolean foreground into instances; uint32 labels 1..N (0 = background).
+
+    Seeds are the h-maxima of the distance transform of the object's interior: with a
+    contour map (and the foreground ``probability``), the interior is where
+    ``probability - contour > contour_threshold``, so touching objects separated by a
+    predicted contour get their own seeds; without one it is the whole object.
 
     Works in place in the output array: connected components are labelled once, then only
     components big enough to hold two objects are examined on their own crop (holes
@@ -143,10 +137,10 @@ def split_instances(
                 region[holes] = index
                 obj |= holes
         if contour is not None:
-            seeds = _seeds_from_contour(obj, contour[sl], contour_threshold)
-            elevation = contour[sl]
+            interior = obj & ((probability[sl] - contour[sl]) > contour_threshold)
+            seeds, elevation = _seeds_from_distance(interior, obj, h)
         elif area >= 30:
-            seeds, elevation = _seeds_from_distance(obj, h)
+            seeds, elevation = _seeds_from_distance(obj, obj, h)
         else:
             continue
         ns = int(seeds.max())
@@ -184,8 +178,8 @@ def labels_from_probability(
         raise ValueError(f"contour {contour.shape} and probability {probability.shape} differ in shape")
     if instances:  # holes are filled object by object (bounded memory)
         mask = threshold_mask(probability, threshold, keep_largest=keep_largest)
-        return split_instances(mask, contour, contour_threshold=contour_threshold, min_size=min_size,
-                               fill_holes=fill_holes)
+        return split_instances(mask, contour, probability if contour is not None else None,
+                               contour_threshold=contour_threshold, min_size=min_size, fill_holes=fill_holes)
     mask = threshold_mask(probability, threshold, fill_holes=fill_holes, keep_largest=keep_largest)
     if min_size > 0:
         cc = np.zeros(mask.shape, np.uint32)

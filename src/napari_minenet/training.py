@@ -138,7 +138,13 @@ def run_to_end(generator: Generator[TrainingProgress, None, Any],
 def hardware_description(device: torch.device) -> str:
     if device.type == "cuda":
         return f"GPU {torch.cuda.get_device_name(device)}"
-    return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            name = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), name)
+    except OSError:
+        pass
+    return f"CPU {name}, {torch.get_num_threads()} torch threads"
 
 
 def default_card(name: str, task: str, *, contours: bool, working_long_side: int | None) -> ModelCard:
@@ -269,7 +275,7 @@ def choose_instance_thresholds(model: SegmentationModel, examples: list[Training
     if not usable or not card.instances:
         return card.default_threshold, card.contour_threshold
     best, best_aji = (card.default_threshold, card.contour_threshold), -1.0
-    contour_grid = (0.3, 0.4, 0.5, 0.6) if card.has_contours else (card.contour_threshold,)
+    contour_grid = (0.4, 0.5, 0.6, 0.7) if card.has_contours else (card.contour_threshold,)
     for t in (0.4, 0.45, 0.5, 0.55, 0.6):
         for ct in contour_grid:
             trial = dataclasses.replace(card, contour_threshold=ct)
