@@ -147,10 +147,11 @@ def _cmd_models(args: argparse.Namespace) -> int:
     print(f"{'name':<28} {'task':<8} {'source':<8} {'metrics':<44} parent")
     for m in models:
         metrics = ""
-        for split, values in (m.metrics or {}).items():
+        splits = sorted((m.metrics or {}).items(), key=lambda kv: not kv[0].startswith("test"))
+        for split, values in splits:
             if isinstance(values, dict):
                 shown = " ".join(f"{k}={values[k]:.3f}" for k in ("f1", "aji", "auc", "jaccard") if k in values)
-                metrics = f"{split}: {shown}"
+                metrics = f"{split.split(':')[0].split(',')[0]}: {shown}"
                 break
         print(f"{m.name:<28} {m.task:<8} {m.source:<8} {metrics:<44} {m.parent or ''}")
     print(f"\nuser models folder: {user_models_dir()}")
@@ -178,6 +179,15 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if args.json:
         atomic_write_json(args.json, report)
         print(f"wrote {args.json}")
+    if args.record:
+        from .zoo import load_model, save_model
+
+        model = load_model(args.model)
+        key = args.record if args.record != "auto" else f"test: {args.data}"
+        model.card.metrics[key] = {"data": str(args.data), "command": "napari-minenet " + " ".join(
+            shlex.quote(a) for a in sys.argv[1:]), "threshold": report["threshold"], **report["mean"]}
+        save_model(model, model.path)
+        print(f"recorded in the model card of {model.card.name} as {key!r}")
     return 0
 
 
@@ -303,6 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=None)
     p.add_argument("--json", help="write the report as JSON")
     p.add_argument("--ids", nargs="+", help="only these image ids (e.g. the validation images in a model card)")
+    p.add_argument("--record", nargs="?", const="auto", metavar="KEY",
+                   help="also store the mean metrics in the model's card (under KEY, default 'test: DATA')")
     p.add_argument("--ignore-contours", action="store_true",
                    help="split instances without the contour channel (to measure what it gains)")
     p.set_defaults(func=_cmd_evaluate)

@@ -257,6 +257,7 @@ def predict_tiled(
     overlap: int | None = None,
     batch_size: int = 1,
     precision: str = "fp32",
+    test_time_augmentation: int | None = None,
     progress: ProgressCallback | None = None,
     cancel: CancelCheck | None = None,
 ) -> np.ndarray:
@@ -266,6 +267,8 @@ def predict_tiled(
     total)`` is called after every batch of tiles; ``cancel()`` is checked before each
     batch and raises :class:`Cancelled`. On CUDA out-of-memory the tile size is halved
     and the run retried; below 256 px it falls back to the CPU with a warning.
+    ``test_time_augmentation`` (default: the card's) averages the prediction over 1, 2,
+    4 or 8 rotations / flips of the image (8 = all of them), at that many times the cost.
     """
     model = load_model(model) if not isinstance(model, SegmentationModel) else model
     card = model.card
@@ -281,13 +284,25 @@ def predict_tiled(
                       stacklevel=2)
         overlap = tile_size // 2
     dev = select_device(device)
+    views = _DIHEDRAL[: _check_views(card.test_time_augmentation if test_time_augmentation is None
+                                     else test_time_augmentation)]
 
     full_hw = image.shape[:2]
     work = _to_working_size(image, card.working_long_side)
     work = as_rgb_or_grey(work, card.in_channels)
     while True:
         try:
-            probs = _predict_tiles(work, model, dev, tile_size, overlap, batch_size, precision, progress, cancel)
+            probs = None
+            for v, (k, flip) in enumerate(views):
+                view_progress = None if progress is None else (
+                    lambda done, total, v=v: progress(v * total + done, len(views) * total))
+                view = _transform(work, k, flip)
+                out = _predict_tiles(view, model, dev, tile_size, overlap, batch_size, precision, view_progress,
+                                     cancel)
+                out = _transform(out, k, flip, inverse=True, channels_first=True)
+                probs = out if probs is None else probs + out
+            if len(views) > 1:
+                probs = np.ascontiguousarray(probs / len(views), dtype=np.float32)
             break
         except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()
@@ -302,6 +317,27 @@ def predict_tiled(
     if probs.shape[1:] != full_hw:
         probs = _resize_probs(probs, full_hw)
     return probs
+
+
+#: (quarter turns, horizontal flip) in the order test-time augmentation uses them
+_DIHEDRAL = [(0, False), (0, True), (2, False), (2, True), (1, False), (3, False), (1, True), (3, True)]
+
+
+def _check_views(n: int) -> int:
+    if n not in (1, 2, 4, 8):
+        raise ValueError(f"test-time augmentation takes 1, 2, 4 or 8 views, not {n}")
+    return n
+
+
+def _transform(array: np.ndarray, k: int, flip: bool, *, inverse: bool = False,
+               channels_first: bool = False) -> np.ndarray:
+    """Rotate by k quarter turns then flip left-right (or undo it); returns a view."""
+    axes = (1, 2) if channels_first else (0, 1)
+    if not inverse:
+        out = np.rot90(array, k, axes=axes)
+        return np.flip(out, axis=axes[1]) if flip else out
+    out = np.flip(array, axis=axes[1]) if flip else array
+    return np.rot90(out, -k, axes=axes)
 
 
 def predict(image: np.ndarray, model: SegmentationModel | str, **kwargs) -> np.ndarray:

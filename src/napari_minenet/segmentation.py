@@ -74,6 +74,7 @@ def segment(
     overlap: int | None = None,
     batch_size: int = 1,
     precision: str = "fp32",
+    test_time_augmentation: int | None = None,
     use_contours: bool = True,
     progress: ProgressCallback | None = None,
     cancel: CancelCheck | None = None,
@@ -88,7 +89,8 @@ def segment(
     model = load_model(model) if not isinstance(model, SegmentationModel) else model
     card = model.card
     probs = predict_tiled(image, model, device=device, tile_size=tile_size, overlap=overlap,
-                          batch_size=batch_size, precision=precision, progress=progress, cancel=cancel)
+                          batch_size=batch_size, precision=precision, test_time_augmentation=test_time_augmentation,
+                          progress=progress, cancel=cancel)
     instances = card.instances if instances is None else bool(instances)
     threshold = card.default_threshold if threshold is None else float(threshold)
     min_size = card.min_size if min_size is None else int(min_size)

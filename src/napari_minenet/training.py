@@ -233,7 +233,7 @@ def validate(
         logits = torch.logit(torch.from_numpy(probs)[None].clamp(1e-6, 1 - 1e-6))
         valid = None if ex.fov is None else torch.from_numpy(ex.fov[None, None].astype(np.float32))
         losses.append(float(loss_fn(logits, target, valid)))
-        row = pixel_metrics(probs[0] > card.default_threshold, ex.mask, fov=ex.fov)
+        row = pixel_metrics(probs[0] > card.default_threshold, ex.mask, prob=probs[0], fov=ex.fov)
         if instances and ex.labels is not None:
             labels = _labels(probs, card, card.default_threshold)
             row.update(instance_metrics(labels, ex.labels))
@@ -504,7 +504,18 @@ def calibrate_and_score(model: SegmentationModel, val_ex: list[TrainingExample],
     """Pick the card's thresholds on the validation images and record the validation metrics
     (and, for a contour channel, the same metrics without it) in ``model.card.metrics``."""
     card = model.card
+    card.test_time_augmentation = 1
     _, _, probs = validate(model, val_ex, loss_fn, device)
+    if not card.instances:
+        # test-time augmentation (8 rotations / flips): kept only if it helps on validation
+        plain = mean_metrics([pixel_metrics(p[0] > card.default_threshold, ex.mask, prob=p[0], fov=ex.fov)
+                              for p, ex in zip(probs, val_ex)])
+        tta = [predict_tiled(ex.image, model, device=device, test_time_augmentation=8) for ex in val_ex]
+        augmented = mean_metrics([pixel_metrics(p[0] > card.default_threshold, ex.mask, prob=p[0], fov=ex.fov)
+                                  for p, ex in zip(tta, val_ex)])
+        if augmented["f1"] >= plain["f1"] and augmented.get("auc", 1) >= plain.get("auc", 1) and (
+                augmented["f1"] > plain["f1"] or augmented.get("auc", 0) > plain.get("auc", 0)):
+            card.test_time_augmentation, probs = 8, tta
     if card.instances and any(ex.labels is not None for ex in val_ex):
         card.default_threshold, card.contour_threshold = choose_instance_thresholds(model, val_ex, probs)
     else:
@@ -512,7 +523,7 @@ def calibrate_and_score(model: SegmentationModel, val_ex: list[TrainingExample],
     vloss, vmetrics, _ = validate(model, val_ex, loss_fn, device, instances=card.instances, probabilities=probs)
     card.metrics = {"validation": {"data": source, "ids": [ex.id for ex in val_ex], "loss": vloss,
                                    "threshold": card.default_threshold, "contour_threshold": card.contour_threshold,
-                                   **vmetrics}}
+                                   "test_time_augmentation": card.test_time_augmentation, **vmetrics}}
     if card.has_contours and card.instances:
         # what the contour channel gains: the same validation, instances split without it
         from .evaluation import evaluate_examples

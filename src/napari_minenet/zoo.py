@@ -106,6 +106,8 @@ class ModelCard:
     keep_largest: bool = False
     tile_size: int = 1024
     tile_overlap: int = 128
+    #: average the prediction over this many rotations / flips (1 = off; 8 = all)
+    test_time_augmentation: int = 1
     parent: str | None = None
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
