@@ -33,6 +33,7 @@ def main() -> None:
     parser.add_argument("--sample", default="ihc")
     parser.add_argument("--model", default="nuclei")
     parser.add_argument("--out", default=str(DOCS / "segment.png"))
+    parser.add_argument("--zoom", type=float, default=1.0, help="zoom in this much after fitting the image")
     parser.add_argument("--finetune", help="also correct, add an example, fine-tune, and save this screenshot")
     parser.add_argument("--finetune-seconds", type=int, default=30)
     parser.add_argument("--examples", default="/tmp/minenet-screenshot-examples")
@@ -53,6 +54,7 @@ def main() -> None:
     wait_for(lambda: panel.worker is None and panel.labels_layer is not None)
     QApplication.processEvents()
     viewer.reset_view()
+    viewer.camera.zoom *= args.zoom
     for _ in range(20):
         QApplication.processEvents()
         time.sleep(0.05)

@@ -360,8 +360,14 @@ class SegmentPanel(QWidget):
             target.scale, target.translate = placement["scale"], placement["translate"]
         else:
             target = self.viewer.add_labels(data, name=name, opacity=0.5, **placement)
-            target.contour = 1 if self.result is not None and self.result.instances else 0
             target.events.paint.connect(lambda event, t=target: t.metadata.__setitem__("minenet_edited", True))
+        instances = self.result is not None and self.result.instances
+        target.contour = 1 if instances else 0
+        if not instances:  # one bright colour that stands out on tissue and fundus alike
+            from napari.utils.colormaps import DirectLabelColormap
+
+            target.colormap = DirectLabelColormap(color_dict={None: "transparent", 0: "transparent", 1: "cyan"})
+            target.opacity = 0.6
         target.metadata["minenet_edited"] = False
         target.metadata["minenet_model"] = str(self.model.path) if self.model and self.model.path else ""
         target.metadata["minenet_image"] = layer.name
