@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from napari_minenet.data import TrainingExample, load_dataset
+from napari_minenet.data import TrainingExample, load_dataset, working_scale
 from napari_minenet.evaluation import evaluate_examples
 from napari_minenet.finetuning import FinetuneConfig, finetune
 from napari_minenet.training import run_to_end
@@ -38,13 +38,15 @@ from napari_minenet.zoo import load_model
 KEYS = ("f1", "jaccard", "aji")
 
 
-def centre_crop(ex: TrainingExample, size: int) -> TrainingExample:
+def centre_crop(ex: TrainingExample, size: int, long_side: int | None) -> TrainingExample:
+    """The centre of an image, remembering the whole image's working scale."""
     h, w = ex.mask.shape
     ch, cw = min(size, h), min(size, w)
     y0, x0 = (h - ch) // 2, (w - cw) // 2
     sl = (slice(y0, y0 + ch), slice(x0, x0 + cw))
     return TrainingExample(ex.id, ex.image[sl], ex.mask[sl], None if ex.labels is None else ex.labels[sl],
-                           None if ex.fov is None else ex.fov[sl], ex.source)
+                           None if ex.fov is None else ex.fov[sl], ex.source,
+                           scale=working_scale(ex.image.shape, long_side) if long_side else None)
 
 
 def random_forest_reference(crops: list[TrainingExample], test: list[TrainingExample], seed: int) -> dict:
@@ -83,11 +85,13 @@ def random_forest_reference(crops: list[TrainingExample], test: list[TrainingExa
 
 
 def run(data: str, model_name: str, ks: list[int], seconds: float, crop: int, seeds: list[int], rf: bool,
-        threads: int | None) -> dict:
+        threads: int | None, ids: list[str] | None = None) -> dict:
     if threads:
         torch.set_num_threads(threads)
     model = load_model(model_name)
-    examples = load_dataset(data)
+    if ids == ["validation"]:  # the images the model card says were held out in training
+        ids = model.card.metrics["validation"]["ids"]
+    examples = load_dataset(data, ids=ids)
     print(f"{model.card.name} on {data}: {len(examples)} images; budget {seconds:.0f} s; crops <= {crop} px")
     t0 = time.perf_counter()
     _, before_rows = evaluate_examples(examples, model, device="cpu")
@@ -97,7 +101,7 @@ def run(data: str, model_name: str, ks: list[int], seconds: float, crop: int, se
     for k in ks:
         for seed in seeds:
             order = np.random.default_rng(seed).permutation(len(examples))
-            tune = [centre_crop(examples[i], crop) for i in order[:k]]
+            tune = [centre_crop(examples[i], crop, model.card.working_long_side) for i in order[:k]]
             rest = [examples[i] for i in order[k:]]
             before = mean_metrics([{m: before_by_id[ex.id][m] for m in KEYS if m in before_by_id[ex.id]}
                                    for ex in rest])
@@ -120,7 +124,8 @@ def run(data: str, model_name: str, ks: list[int], seconds: float, crop: int, se
                   f"{after.get('f1', float('nan')):.4f} ({'kept' if result.accepted else 'rejected'}), "
                   f"{result.steps} steps, {wall:.0f} s wall"
                   + (f"; RF F1 {row['random_forest']['f1']:.4f}" if rf else ""))
-    return {"model": model.card.name, "data": data, "seconds": seconds, "crop": crop, "seeds": seeds,
+    return {"model": model.card.name, "data": data + (f" ({len(examples)} images: {', '.join(ids)})" if ids else ""),
+            "seconds": seconds, "crop": crop, "seeds": seeds,
             "config": dataclasses.asdict(FinetuneConfig(max_seconds=seconds, device="cpu")),
             "torch_threads": torch.get_num_threads(), "rows": rows}
 
@@ -159,9 +164,11 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--no-rf", action="store_true", help="skip the random-forest reference")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--ids", nargs="+", help="only these images; 'validation' = the model card's held-out images")
     parser.add_argument("--json", help="write the full report here")
     args = parser.parse_args()
-    report = run(args.data, args.model, args.k, args.seconds, args.crop, args.seeds, not args.no_rf, args.threads)
+    report = run(args.data, args.model, args.k, args.seconds, args.crop, args.seeds, not args.no_rf, args.threads,
+                 args.ids)
     text = summarize(report)
     print()
     print(text)

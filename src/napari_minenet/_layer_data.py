@@ -19,7 +19,9 @@ MAX_WHOLE_PIXELS = 400_000_000
 
 @dataclass
 class ImageRegion:
-    data: np.ndarray  # pixels to segment: (H, W[, 3]) or a stack (..., H, W[, 3])
+    #: pixels to segment: (H, W[, 3]) or a stack (..., H, W[, 3]); a lazy slice (dask, zarr)
+    #: for lazy layers, so reading happens in the worker (see :meth:`load`)
+    data: np.ndarray
     rgb: bool
     lead_index: tuple[int, ...] | None  # the plane segmented (None = every plane)
     offset: tuple[int, int]  # (y, x) of the region in full-resolution data coordinates
@@ -33,6 +35,11 @@ class ImageRegion:
     @property
     def labels_shape(self) -> tuple[int, ...]:
         return self.lead_shape + self.plane_shape
+
+    def load(self) -> np.ndarray:
+        """Read the pixels into memory (slow for lazy data: call it off the GUI thread)."""
+        self.data = np.asarray(self.data)
+        return self.data
 
 
 def layer_lead_shape(layer) -> tuple[int, ...]:
@@ -65,11 +72,11 @@ def image_region(layer, viewer, *, all_slices: bool = False, visible_only: bool 
     if lead_shape and not all_slices:
         step = tuple(int(s) for s in viewer.dims.current_step[: len(lead_shape)])
         lead_index: tuple[int, ...] | None = tuple(min(max(0, s), n - 1) for s, n in zip(step, lead_shape))
-        data = np.asarray(full[lead_index + (slice(y0, y1), slice(x0, x1))])
+        data = full[lead_index + (slice(y0, y1), slice(x0, x1))]
         where = f"slice {', '.join(str(i) for i in lead_index)}"
     else:
         lead_index = None if lead_shape else ()
-        data = np.asarray(full[(Ellipsis, slice(y0, y1), slice(x0, x1)) + ((slice(None),) if rgb else ())])
+        data = full[(Ellipsis, slice(y0, y1), slice(x0, x1)) + ((slice(None),) if rgb else ())]
         where = f"{int(np.prod(lead_shape))} slices" if lead_shape else "whole image"
     if visible_only:
         where += f", visible region {y1 - y0} x {x1 - x0} at ({y0}, {x0})"

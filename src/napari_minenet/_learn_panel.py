@@ -37,7 +37,7 @@ from qtpy.QtWidgets import (
 from . import _qt_common as common
 from ._layer_data import visible_box
 from ._segment_panel import EXPECTED_ERRORS, SegmentPanel
-from .data import InputError
+from .data import InputError, working_scale
 from .examples import ExampleStore, default_examples_folder
 from .finetuning import FinetuneConfig, FinetuneResult, finetune
 from .inference import Cancelled
@@ -298,6 +298,10 @@ class LearnPanel(QWidget):
         )
         plane = labels[plane_index] if region.lead_shape else labels
         image = region.data if region.lead_index is not None else region.data[plane_index]
+        card = panel.model.card if panel.model is not None else None
+        full_plane = panel.source_layer.data[0] if panel.source_layer.multiscale else panel.source_layer.data
+        full_hw = full_plane.shape[len(region.lead_shape): len(region.lead_shape) + 2]
+        scale = working_scale(full_hw, card.working_long_side) if card and card.working_long_side else None
         try:
             y0, y1, x0, x1 = self._crop_box(layer, plane.shape)
             edited = self.edited_pixels()
@@ -305,7 +309,7 @@ class LearnPanel(QWidget):
                 image[y0:y1, x0:x1], plane[y0:y1, x0:x1],
                 source=panel.source_layer.name if panel.source_layer is not None else "",
                 box=(y0 + region.offset[0], y1 + region.offset[0], x0 + region.offset[1], x1 + region.offset[1]),
-                model=panel.model.card.name if panel.model else "", edited_pixels=edited,
+                model=card.name if card else "", edited_pixels=edited, scale=scale,
             )
         except (InputError, OSError) as exc:
             common.notify_error(f"Could not add the example: {exc}")

@@ -59,6 +59,7 @@ class SegmentPanel(QWidget):
         self._cancel_event = threading.Event()
         self._pbar = None
         self._pending_relabel = False
+        self._progress_unit = "tiles"
 
         # --- inputs
         self.image_combo = QComboBox()
@@ -265,14 +266,16 @@ class SegmentPanel(QWidget):
 
         def job():
             try:
+                data = region.load()
                 if stack:
-                    return segment_stack(region.data, model, rgb=region.rgb, progress=relay.progressed.emit,
+                    return segment_stack(data, model, rgb=region.rgb, progress=relay.progressed.emit,
                                          cancel=cancel.is_set, device=device, instances=instances)
-                return segment(region.data, model, progress=relay.progressed.emit, cancel=cancel.is_set,
+                return segment(data, model, progress=relay.progressed.emit, cancel=cancel.is_set,
                                device=device, instances=instances)
             except EXPECTED_ERRORS as exc:
                 return common.Failed(exc)
 
+        self._progress_unit = "slices" if stack else "tiles"
         self._set_running(True, f"segmenting {layer.name} ({region.description})")
         self._pbar = napari_progress(total=0, desc=f"Mini-Net: {model.card.button_text.lower()} in {layer.name}")
         self.worker = create_worker(job)
@@ -289,7 +292,7 @@ class SegmentPanel(QWidget):
     def _on_progress(self, done: int, total: int) -> None:
         self.progress_bar.setMaximum(max(1, total))
         self.progress_bar.setValue(done)
-        self.progress_bar.setFormat(f"%v / %m {'tiles' if total else ''}")
+        self.progress_bar.setFormat(f"%v / %m {self._progress_unit}")
         if self._pbar is not None:
             if self._pbar.total != total:
                 self._pbar.total = total

@@ -27,6 +27,8 @@ __all__ = [
     "TrainingExample",
     "load_dataset",
     "IMAGE_SUFFIXES",
+    "working_scale",
+    "rescale_image",
 ]
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
@@ -153,6 +155,38 @@ def as_rgb_or_grey(image: np.ndarray, in_channels: int) -> np.ndarray:
     return image
 
 
+# --------------------------------------------------------------------------- working size
+
+
+def working_scale(shape: tuple[int, ...], long_side: int | None, scale: float | None = None) -> float:
+    """Resize factor that brings an image to the model's working size.
+
+    ``scale`` (when known) wins: a crop must be resized like the whole image it was cut
+    from. Otherwise the image is taken to be whole: its long side becomes ``long_side``.
+    """
+    if scale is not None:
+        return float(scale)
+    if not long_side:
+        return 1.0
+    return long_side / max(shape[:2])
+
+
+def rescale_image(image: np.ndarray, scale: float, *, labels: bool = False) -> np.ndarray:
+    """Resize by ``scale`` (bilinear with anti-aliasing; nearest for labels); dtype kept for uint8."""
+    if abs(scale - 1.0) < 1e-3:
+        return image
+    from skimage.transform import resize
+
+    h, w = image.shape[:2]
+    shape = (max(16, round(h * scale)), max(16, round(w * scale))) + image.shape[2:]
+    if labels:
+        return resize(image, shape, order=0, preserve_range=True, anti_aliasing=False).astype(image.dtype)
+    resized = resize(image, shape, order=1, preserve_range=True, anti_aliasing=scale < 1)
+    if image.dtype == np.uint8:
+        return np.clip(resized + 0.5, 0, 255).astype(np.uint8)
+    return resized.astype(np.float32)
+
+
 # --------------------------------------------------------------------------- normalising
 
 
@@ -212,6 +246,9 @@ class TrainingExample:
     labels: np.ndarray | None = None  # (H, W) instance ids
     fov: np.ndarray | None = None  # (H, W) bool
     source: str = ""
+    #: resize factor to the model's working size when this is a crop of a larger image
+    #: (None: the example is a whole image)
+    scale: float | None = None
 
     def __post_init__(self) -> None:
         hw = self.image.shape[:2]

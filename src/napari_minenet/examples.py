@@ -42,6 +42,9 @@ class ExampleRecord:
     edited_pixels: int | None = None
     model: str = ""
     created: str = ""
+    #: resize factor to the model's working size, from the whole image the crop came from
+    #: (None when the model works at native resolution)
+    scale: float | None = None
     extra: dict = field(default_factory=dict)
 
 
@@ -112,6 +115,7 @@ class ExampleStore:
         box: tuple[int, int, int, int] | None = None,
         model: str = "",
         edited_pixels: int | None = None,
+        scale: float | None = None,
     ) -> ExampleRecord:
         """Save an (image crop, corrected labels) pair; returns its record."""
         image = check_image(np.asarray(image), name="example image")
@@ -130,7 +134,7 @@ class ExampleStore:
         record = ExampleRecord(
             id=ident, source=source, box=tuple(int(v) for v in box), shape=tuple(int(s) for s in image.shape),
             objects=int(len(np.unique(labels)) - (1 if (labels == 0).any() else 0)), edited_pixels=edited_pixels,
-            model=model, created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            model=model, created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), scale=scale,
         )
         self._records.append(record)
         self._write_index()
@@ -147,4 +151,7 @@ class ExampleStore:
         """The listed examples as :class:`TrainingExample` (instance labels included)."""
         if not self._records:
             return []
-        return load_dataset(self.folder, ids=[r.id for r in self._records])
+        examples = load_dataset(self.folder, ids=[r.id for r in self._records])
+        for ex, record in zip(examples, self._records):
+            ex.scale = record.scale
+        return examples

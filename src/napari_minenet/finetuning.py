@@ -33,7 +33,7 @@ from .data import InputError, TrainingExample, load_dataset
 from .inference import select_device
 from .losses import MiniNetLoss
 from .patches import Augmentation, PatchSampler
-from .training import TrainingProgress, fit, hardware_description, validate
+from .training import TrainingProgress, fit, hardware_description, resize_examples, validate
 from .zoo import SegmentationModel, load_model, save_model, user_models_dir
 
 __all__ = ["FinetuneConfig", "FinetuneResult", "finetune", "holdout_split", "l2sp_penalty", "version_name"]
@@ -90,6 +90,7 @@ def holdout_split(examples: list[TrainingExample], fraction: float = 0.25,
             return TrainingExample(
                 f"{ex.id}{suffix}", ex.image[index], ex.mask[index],
                 None if ex.labels is None else ex.labels[index], None if ex.fov is None else ex.fov[index], ex.source,
+                scale=ex.scale,
             )
 
         train.append(part(slice(0, cut), ":train"))
@@ -140,6 +141,8 @@ def finetune(
     data_source = str(examples) if not isinstance(examples, list) else "corrected examples"
     if not isinstance(examples, list):
         examples = load_dataset(examples)
+    # at the model's working size (crops are resized like the image they came from)
+    examples = resize_examples(examples, parent_model.card.working_long_side)
     train_ex, held_ex = holdout_split(examples, cfg.holdout_fraction)
     if not train_ex:
         raise InputError("the examples are too small to fine-tune on (need at least 64 x 64 pixels)")

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data import Normalizer, as_rgb_or_grey, check_image
+from .data import Normalizer, as_rgb_or_grey, check_image, rescale_image, working_scale
 from .model import fuse_for_inference
 from .zoo import SegmentationModel, load_model
 
@@ -258,10 +258,16 @@ def predict_tiled(
     batch_size: int = 1,
     precision: str = "fp32",
     test_time_augmentation: int | None = None,
+    scale: float | None = None,
     progress: ProgressCallback | None = None,
     cancel: CancelCheck | None = None,
 ) -> np.ndarray:
     """Probability maps (C, H, W) float32 for a 2-D grey or RGB image of any size.
+
+    Models with a working size (the card's ``working_long_side``) see the image resized so
+    its long side has that size, or by ``scale`` when given (a crop of a larger image must
+    be resized like that image; 1.0 = already at working size); the output has the input's
+    size.
 
     ``C`` is the model's output channels (foreground, then contour). ``progress(done,
     total)`` is called after every batch of tiles; ``cancel()`` is checked before each
@@ -288,7 +294,7 @@ def predict_tiled(
                                      else test_time_augmentation)]
 
     full_hw = image.shape[:2]
-    work = _to_working_size(image, card.working_long_side)
+    work = rescale_image(image, working_scale(image.shape, card.working_long_side, scale))
     work = as_rgb_or_grey(work, card.in_channels)
     while True:
         try:
@@ -404,20 +410,6 @@ def _autocast(device: torch.device, precision: str):
     if dtype is None:
         raise ValueError(f"unknown precision {precision!r}: use fp32, bf16 or fp16")
     return torch.autocast(device.type, dtype=dtype)
-
-
-def _to_working_size(image: np.ndarray, long_side: int | None) -> np.ndarray:
-    if not long_side:
-        return image
-    h, w = image.shape[:2]
-    scale = long_side / max(h, w)
-    if abs(scale - 1.0) < 1e-3:
-        return image
-    from skimage.transform import resize
-
-    shape = (max(16, round(h * scale)), max(16, round(w * scale))) + image.shape[2:]
-    resized = resize(image, shape, order=1, preserve_range=True, anti_aliasing=scale < 1)
-    return resized.astype(np.float32) if image.dtype != np.uint8 else np.clip(resized + 0.5, 0, 255).astype(np.uint8)
 
 
 def _resize_probs(probs: np.ndarray, hw: tuple[int, int]) -> np.ndarray:

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data import TrainingExample, load_dataset
+from .data import TrainingExample, load_dataset, rescale_image, working_scale
 from .inference import Cancelled, predict_tiled, select_device
 from .losses import MiniNetLoss
 from .metrics import instance_metrics, mean_metrics, pixel_metrics
@@ -174,24 +174,19 @@ def split_examples(examples: list[TrainingExample], val_fraction: float, seed: i
     return trn, val
 
 
-def _resize_examples(examples: list[TrainingExample], long_side: int | None) -> list[TrainingExample]:
-    """Bring examples to the model's working size (done once, before sampling patches)."""
-    if not long_side:
-        return examples
-    from skimage.transform import resize
-
+def resize_examples(examples: list[TrainingExample], long_side: int | None) -> list[TrainingExample]:
+    """Examples at the model's working size (``scale`` 1.0 after this), done once before
+    sampling patches. Crops use their own ``scale``; whole images go to ``long_side``."""
     out = []
     for ex in examples:
-        h, w = ex.image.shape[:2]
-        s = long_side / max(h, w)
+        s = working_scale(ex.image.shape, long_side, ex.scale)
         if abs(s - 1.0) < 1e-3:
-            out.append(ex)
+            out.append(dataclasses.replace(ex, scale=1.0) if long_side else ex)
             continue
-        shape = (round(h * s), round(w * s))
-        img = resize(ex.image, shape + ex.image.shape[2:], order=1, preserve_range=True, anti_aliasing=s < 1)
-        img = np.clip(img + 0.5, 0, 255).astype(np.uint8) if ex.image.dtype == np.uint8 else img.astype(np.float32)
-        mask = resize(ex.mask.astype(np.float32), shape, order=1, anti_aliasing=s < 1) > 0.5
-        out.append(TrainingExample(ex.id, img, mask, None, None, ex.source))
+        mask = rescale_image(ex.mask.astype(np.float32), s) > 0.5
+        labels = None if ex.labels is None else rescale_image(ex.labels, s, labels=True)
+        fov = None if ex.fov is None else rescale_image(ex.fov.astype(np.float32), s) > 0.5
+        out.append(TrainingExample(ex.id, rescale_image(ex.image, s), mask, labels, fov, ex.source, scale=1.0))
     return out
 
 
@@ -227,7 +222,8 @@ def validate(
     losses, rows, probs_out = [], [], []
     card = model.card
     for k, ex in enumerate(examples):
-        probs = probabilities[k] if probabilities is not None else predict_tiled(ex.image, model, device=device)
+        probs = probabilities[k] if probabilities is not None else predict_tiled(ex.image, model, device=device,
+                                                                                 scale=ex.scale)
         probs_out.append(probs)
         target = torch.from_numpy(_targets(ex, card.has_contours))[None]
         logits = torch.logit(torch.from_numpy(probs)[None].clamp(1e-6, 1 - 1e-6))
@@ -510,7 +506,8 @@ def calibrate_and_score(model: SegmentationModel, val_ex: list[TrainingExample],
         # test-time augmentation (8 rotations / flips): kept only if it helps on validation
         plain = mean_metrics([pixel_metrics(p[0] > card.default_threshold, ex.mask, prob=p[0], fov=ex.fov)
                               for p, ex in zip(probs, val_ex)])
-        tta = [predict_tiled(ex.image, model, device=device, test_time_augmentation=8) for ex in val_ex]
+        tta = [predict_tiled(ex.image, model, device=device, test_time_augmentation=8, scale=ex.scale)
+               for ex in val_ex]
         augmented = mean_metrics([pixel_metrics(p[0] > card.default_threshold, ex.mask, prob=p[0], fov=ex.fov)
                                   for p, ex in zip(tta, val_ex)])
         if augmented["f1"] >= plain["f1"] and augmented.get("auc", 1) >= plain.get("auc", 1) and (
@@ -569,7 +566,7 @@ def train(
     model = SegmentationModel.new(card)
     dev = select_device(cfg.device)
     sampler = PatchSampler(
-        _resize_examples(train_ex, cfg.working_long_side),
+        resize_examples(train_ex, cfg.working_long_side),
         patch_size=cfg.patch_size, batch_size=cfg.batch_size, normalization=card.normalization,
         in_channels=in_channels, contours=bool(cfg.contours), augmentation=Augmentation.for_task(cfg.task),
         seed=cfg.seed,
