@@ -259,10 +259,14 @@ def predict_tiled(
     precision: str = "fp32",
     test_time_augmentation: int | None = None,
     scale: float | None = None,
+    out_dtype: type = np.float32,
     progress: ProgressCallback | None = None,
     cancel: CancelCheck | None = None,
 ) -> np.ndarray:
     """Probability maps (C, H, W) float32 for a 2-D grey or RGB image of any size.
+
+    ``out_dtype=np.float16`` halves the memory of the result (``segment`` uses it for very
+    large images; probabilities keep ~3 significant digits).
 
     Models with a working size (the card's ``working_long_side``) see the image resized so
     its long side has that size, or by ``scale`` when given (a crop of a larger image must
@@ -304,11 +308,11 @@ def predict_tiled(
                     lambda done, total, v=v: progress(v * total + done, len(views) * total))
                 view = _transform(work, k, flip)
                 out = _predict_tiles(view, model, dev, tile_size, overlap, batch_size, precision, view_progress,
-                                     cancel)
+                                     cancel, out_dtype)
                 out = _transform(out, k, flip, inverse=True, channels_first=True)
                 probs = out if probs is None else probs + out
             if len(views) > 1:
-                probs = np.ascontiguousarray(probs / len(views), dtype=np.float32)
+                probs = np.ascontiguousarray(probs / len(views), dtype=out_dtype)
             break
         except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()
@@ -321,7 +325,7 @@ def predict_tiled(
                               stacklevel=2)
                 dev = torch.device("cpu")
     if probs.shape[1:] != full_hw:
-        probs = _resize_probs(probs, full_hw)
+        probs = _resize_probs(probs.astype(np.float32), full_hw).astype(out_dtype, copy=False)
     return probs
 
 
@@ -351,7 +355,8 @@ def predict(image: np.ndarray, model: SegmentationModel | str, **kwargs) -> np.n
     return predict_tiled(image, model, **kwargs)[0]
 
 
-def _predict_tiles(image, model, device, tile_size, overlap, batch_size, precision, progress, cancel) -> np.ndarray:
+def _predict_tiles(image, model, device, tile_size, overlap, batch_size, precision, progress, cancel,
+                   out_dtype=np.float32) -> np.ndarray:
     card = model.card
     h, w = image.shape[:2]
     normalizer = Normalizer.for_image(image, card.normalization, card.in_channels)
@@ -366,7 +371,7 @@ def _predict_tiles(image, model, device, tile_size, overlap, batch_size, precisi
         return np.clip(torch.sigmoid(logits.float())[0].cpu().numpy(), 0.0, 1.0)
     wy, wx = blend_weights(h, ys, overlap), blend_weights(w, xs, overlap)
     boxes = [(i, j) for i in range(len(ys)) for j in range(len(xs))]
-    out = np.zeros((card.out_channels, h, w), np.float32)
+    out = np.zeros((card.out_channels, h, w), out_dtype)
     total = len(boxes)
     if progress is not None:
         progress(0, total)

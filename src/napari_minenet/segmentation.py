@@ -13,6 +13,9 @@ from .inference import CancelCheck, ProgressCallback, predict_tiled
 from .postprocess import labels_from_probability
 from .zoo import ModelCard, SegmentationModel, load_model
 
+#: above this many pixels, ``segment`` keeps its probability maps as float16 (half the memory)
+LARGE_IMAGE_PIXELS = 50_000_000
+
 __all__ = [
     "SegmentationResult", "StackResult", "segment", "segment_stack", "labels_for", "measure", "summarize",
     "split_planes", "save_measurements",
@@ -84,11 +87,14 @@ def segment(
     ``instances`` defaults to the model card (nuclei: one label per nucleus; vessels and
     lesions: 0/1). ``threshold`` and ``min_size`` default to the card's values.
     ``use_contours=False`` ignores a contour channel and splits instances by the distance
-    transform alone (to measure what the contour channel gains).
+    transform alone (to measure what the contour channel gains). Images larger than
+    ``LARGE_IMAGE_PIXELS`` keep their probabilities as float16 to bound memory.
     """
     model = load_model(model) if not isinstance(model, SegmentationModel) else model
     card = model.card
-    probs = predict_tiled(image, model, device=device, tile_size=tile_size, overlap=overlap,
+    large = image.shape[0] * image.shape[1] > LARGE_IMAGE_PIXELS
+    probs = predict_tiled(image, model, device=device, out_dtype=np.float16 if large else np.float32,
+                          tile_size=tile_size, overlap=overlap,
                           batch_size=batch_size, precision=precision, test_time_augmentation=test_time_augmentation,
                           progress=progress, cancel=cancel)
     instances = card.instances if instances is None else bool(instances)
