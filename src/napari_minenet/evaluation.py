@@ -40,7 +40,8 @@ def evaluate_examples(
         if progress is not None:
             progress(k, len(examples))
         t0 = time.perf_counter()
-        result = segment(ex.image, model, device=device, threshold=threshold, use_contours=use_contours)
+        result = segment(ex.image, model, device=device, threshold=threshold, use_contours=use_contours,
+                         scale=ex.scale)
         row: dict[str, Any] = {"id": ex.id}
         metrics = pixel_metrics(result.labels > 0, ex.mask, prob=result.probability, fov=ex.fov)
         if ex.labels is not None and result.instances:

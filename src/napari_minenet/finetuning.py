@@ -52,6 +52,9 @@ class FinetuneConfig:
     seed: int = 0
     device: str = "auto"
     min_gain: float = 0.0  # accept only when the held-out loss improves by more than this
+    #: "all" parameters, or only "norm": BatchNorm scales / shifts and the 1x1 head
+    #: (~700 parameters: adapts contrast and calibration, cannot forget shapes)
+    train: str = "all"
 
 
 @dataclass
@@ -155,6 +158,11 @@ def finetune(
     card.created = ""
     card.weights_sha256 = ""
     child = SegmentationModel(copy.deepcopy(parent_model.network).to(dev), card)
+    if cfg.train == "norm":
+        for name, param in child.network.named_parameters():
+            param.requires_grad = ".bn." in name or name.startswith(("head.", "classifier."))
+    elif cfg.train != "all":
+        raise ValueError(f"FinetuneConfig.train must be 'all' or 'norm', not {cfg.train!r}")
     loss_fn = MiniNetLoss()
     sampler = PatchSampler(
         train_ex, patch_size=cfg.patch_size, batch_size=cfg.batch_size, normalization=card.normalization,

@@ -78,6 +78,7 @@ def segment(
     batch_size: int = 1,
     precision: str = "fp32",
     test_time_augmentation: int | None = None,
+    scale: float | None = None,
     use_contours: bool = True,
     progress: ProgressCallback | None = None,
     cancel: CancelCheck | None = None,
@@ -92,11 +93,12 @@ def segment(
     """
     model = load_model(model) if not isinstance(model, SegmentationModel) else model
     card = model.card
-    large = image.shape[0] * image.shape[1] > LARGE_IMAGE_PIXELS
+    # (predict_tiled validates the image; guard here only so a 1-D array reaches its message)
+    large = np.ndim(image) >= 2 and image.shape[0] * image.shape[1] > LARGE_IMAGE_PIXELS
     probs = predict_tiled(image, model, device=device, out_dtype=np.float16 if large else np.float32,
                           tile_size=tile_size, overlap=overlap,
                           batch_size=batch_size, precision=precision, test_time_augmentation=test_time_augmentation,
-                          progress=progress, cancel=cancel)
+                          scale=scale, progress=progress, cancel=cancel)
     instances = card.instances if instances is None else bool(instances)
     threshold = card.default_threshold if threshold is None else float(threshold)
     min_size = card.min_size if min_size is None else int(min_size)
