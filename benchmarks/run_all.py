@@ -47,6 +47,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--finetune-seconds", type=float, default=None, help="override the fit() budget per network")
     p.add_argument("--compile", action="store_true", help="throughput: also time torch.compile")
     p.add_argument("--timeout", type=float, default=4 * 3600, help="seconds per benchmark before it is abandoned")
+    p.add_argument("--report-only", action="store_true",
+                   help="re-render benchmarks.md from the existing benchmarks.json and docs/quality/ (runs nothing)")
     return p.parse_args(argv)
 
 
@@ -139,8 +141,8 @@ def markdown(report: dict) -> str:
     md.append("")
     md.append("All images are **synthetic** H&E-like RGB uint8 images (pink background, purple nuclei, noise; "
               "`benchmarks/common.py`), so the benchmarks run anywhere without `../shared`. Speed and memory do not "
-              "depend on the data; segmentation quality on real data is reported by `napari-minenet evaluate`, "
-              "not here.")
+              "depend on the data. Quality on real data comes from the JSON files in `docs/quality/`, measured "
+              "with `../shared` by the commands listed in that section.")
     md.append("")
     busy = [d.get("busy_warning") for d in res.values() if isinstance(d, dict) and d.get("busy_warning")]
     if busy:
@@ -315,6 +317,8 @@ def markdown(report: dict) -> str:
     else:
         md += [f"Failed or not run: {pr.get('error', 'not run')}", ""]
 
+    md += quality_section(QUALITY_DIR)
+
     md += ["## Reproduce", "", "```", "pip install -e '.[bench]'",
            "python benchmarks/run_all.py            # everything, writes docs/benchmarks.md and .json",
            "python benchmarks/run_all.py --quick    # a quick check (benchmarks/results-quick/)",
@@ -327,10 +331,69 @@ def markdown(report: dict) -> str:
     return "\n".join(md) + "\n"
 
 
+QUALITY_DIR = REPO_ROOT / "docs" / "quality"
+
+
+def quality_section(folder: Path) -> list[str]:
+    """Quality on real data: ``evaluate --json`` reports and ``human_in_the_loop.py --json`` reports.
+
+    These need ../shared, so they are measured separately and committed as JSON; the speed
+    run only renders them (and says so when there are none).
+    """
+    md = ["## Quality on real data", ""]
+    files = sorted(folder.glob("*.json")) if folder.is_dir() else []
+    evals, loops = [], []
+    for f in files:
+        data = json.loads(f.read_text(encoding="utf-8"))
+        (loops if "rows" in data else evals).append((f, data))
+    if not files:
+        return md + [f"No quality reports in `{folder.relative_to(REPO_ROOT)}` (they need the datasets in "
+                     "../shared; see docs/results.md).", ""]
+    if evals:
+        md += ["Each network trained by the same `napari-minenet train` command and time budget on the same "
+               "CPU, scored by `napari-minenet evaluate` (inside the FOV where the dataset has one):", ""]
+        rows = []
+        for f, d in evals:
+            info, m = d.get("model_info", {}), d["mean"]
+            arch = info.get("architecture", {}).get("name", "?") if isinstance(info.get("architecture"), dict) \
+                else info.get("architecture", "?")
+            rows.append([d["model"], arch, f"{info['parameters']:,}" if "parameters" in info else "-",
+                         f"`{d['data']}`", info.get("steps", "-"),
+                         _f(info["duration_s"] / 60, 0, " min") if "duration_s" in info else "-",
+                         info.get("test_time_augmentation", "-"),
+                         *(_f(m.get(k), 4) for k in ("f1", "auc", "se", "sp", "acc")), f"`{f.name}`"])
+        md += _table(["model", "network", "parameters", "test data", "training steps", "training time",
+                      "TTA views", "F1", "AUC", "Se", "Sp", "Acc", "report"], rows)
+    for f, d in loops:
+        md += [f"Fine-tuning from K corrected crops vs a random-forest pixel classifier trained on the *same* "
+               f"crops (`{f.name}`; `benchmarks/human_in_the_loop.py`): model `{d['model']}` on `{d['data']}`, "
+               f"{d['seconds']:.0f} s budget, fine-tuning `train={d['config'].get('train', 'all')}` lr "
+               f"{d['config']['lr']:g}, crops <= {d['crop']} px, seeds {d['seeds']}; mean over seeds of the "
+               "F1 on the images not used for fine-tuning.", ""]
+        rows = []
+        for k in sorted({r["k"] for r in d["rows"]}):
+            rs = [r for r in d["rows"] if r["k"] == k]
+
+            def mean(key: str, sub: str = "f1", rs=rs):
+                vals = [r[key][sub] for r in rs if isinstance(r.get(key), dict) and sub in r[key]]
+                return sum(vals) / len(vals) if vals else None
+
+            rows.append([k, rs[0]["n_test"], _f(mean("before"), 4), _f(mean("candidate"), 4), _f(mean("kept"), 4),
+                         f"{sum(r['accepted'] for r in rs)}/{len(rs)}", _f(mean("random_forest"), 4)])
+        md += _table(["K", "test images", "Mini-Net before", "Mini-Net fine-tuned (candidate)",
+                      "Mini-Net kept (guarded)", "versions kept", "random forest, same crops"], rows)
+    return md
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     out_dir = args.out_dir or (BENCH_DIR / "results-quick" if args.quick else REPO_ROOT / "docs")
     out_dir.mkdir(parents=True, exist_ok=True)
+    if args.report_only:
+        report = json.loads((out_dir / "benchmarks.json").read_text(encoding="utf-8"))
+        (out_dir / "benchmarks.md").write_text(markdown(report), encoding="utf-8")
+        print(f"report re-rendered in {out_dir / 'benchmarks.md'}")
+        return 0
     common.configure_threads(args.threads)
     machine = common.machine_info()
     results = {}

@@ -20,6 +20,6 @@ napari-minenet train --data "$DATA/ph2/train" --task lesion -o weights/lesion --
     --seed 0 --threads 2 --licence "PH2: released by its authors for research and educational use, with citation"
 
 # the benchmarks' reference: the same command and budget as vessels, with a U-Net (not shipped)
-napari-minenet train --data "$DATA/drive/train" --task vessels -o runs/unet-vessels --name unet-vessels \
+napari-minenet train --data "$DATA/drive/train" --task vessels -o runs/unet/unet-vessels --name unet-vessels \
     --architecture UNet --epochs 100 --steps-per-epoch 100 --lr 2e-3 --lr-schedule cosine --patience 10 \
     --max-minutes 30 --seed 0 --threads 2

@@ -12,8 +12,9 @@ import torch
 from napari_minenet import files
 from napari_minenet.data import InputError, TrainingExample
 from napari_minenet.examples import ExampleStore, default_examples_folder
-from napari_minenet.finetuning import FinetuneConfig, finetune, holdout_split, l2sp_penalty, version_name
+from napari_minenet.finetuning import FinetuneConfig, acceptance, finetune, holdout_split, l2sp_penalty, version_name
 from napari_minenet.inference import Cancelled
+from napari_minenet.training import run_to_end
 from napari_minenet.zoo import ModelCard, SegmentationModel, list_models, load_model, save_model, user_models_dir
 
 
@@ -226,3 +227,51 @@ def test_finetune_cli(tmp_path, capsys):
     text = capsys.readouterr().out
     assert ("accepted" in text and code == 0 and out.with_suffix(".safetensors").is_file()) or \
         ("rejected" in text and code == 3 and not out.with_suffix(".safetensors").exists())
+
+
+@pytest.mark.parametrize("mode", ["norm", "all"])
+def test_finetune_train_mode_decides_which_weights_move(mode):
+    parent = _model()
+    before = {k: v.clone() for k, v in parent.network.named_parameters()}
+    cfg = FinetuneConfig(max_seconds=30, max_steps=4, lr=1e-2, l2sp=0.0, batch_size=2, patch_size=64,
+                         steps_per_validation=2, train=mode)
+    result = run_to_end(finetune(parent, _examples(), cfg))
+    assert result.steps == 4
+    moved = {k for k, v in result.model.network.named_parameters() if not torch.equal(v.cpu(), before[k])}
+    bn_or_head = {k for k in before if ".bn." in k or k.startswith("classifier.")}
+    assert moved & bn_or_head, "BatchNorm / head parameters should learn in both modes"
+    if mode == "norm":
+        assert moved <= bn_or_head, f"convolutions changed in norm mode: {sorted(moved - bn_or_head)[:3]}"
+    else:
+        assert moved - bn_or_head, "convolutions should learn in 'all' mode"
+    # the parent object itself never changes
+    assert all(torch.equal(v, before[k]) for k, v in parent.network.named_parameters())
+
+
+def test_finetune_rejects_unknown_train_mode():
+    with pytest.raises(ValueError, match="norm"):
+        run_to_end(finetune(_model(), _examples(), FinetuneConfig(max_seconds=5, train="bias")))
+
+
+def test_acceptance_needs_lower_loss_and_no_lower_f1():
+    assert acceptance({"loss": 0.5, "f1": 0.8}, {"loss": 0.4, "f1": 0.81})[0]
+    assert acceptance({"loss": 0.5}, {"loss": 0.4})[0]
+    ok, why = acceptance({"loss": 0.5, "f1": 0.8}, {"loss": 0.4, "f1": 0.7})
+    assert not ok and "F1 0.8000 -> 0.7000" in why
+    ok, why = acceptance({"loss": 0.5, "f1": 0.8}, {"loss": 0.5, "f1": 0.9})
+    assert not ok and "loss" in why
+    assert not acceptance({"loss": 0.5}, {"loss": 0.49}, min_gain=0.02)[0]
+
+
+def test_norm_parameters_for_both_architectures():
+    from napari_minenet.architectures import build_network
+    from napari_minenet.finetuning import norm_parameters
+
+    mini = build_network({"name": "MiniNet"}, 3, 1)
+    names = norm_parameters(mini)
+    assert "classifier.weight" in names and "stem.bn.weight" in names and "stem.conv.weight" not in names
+    assert 500 < sum(p.numel() for n, p in mini.named_parameters() if n in names) < 2000
+    unet = build_network({"name": "UNet"}, 3, 1)
+    names = norm_parameters(unet)
+    convs = [n for n, p in unet.named_parameters() if p.ndim == 4]
+    assert names and convs[-1] in names and convs[0] not in names

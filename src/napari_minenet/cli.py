@@ -199,7 +199,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     from .finetuning import FinetuneConfig, finetune
     from .training import run_to_end
 
-    cfg = FinetuneConfig(max_seconds=args.max_seconds, lr=args.lr, l2sp=args.l2sp, seed=args.seed,
+    cfg = FinetuneConfig(max_seconds=args.max_seconds, lr=args.lr, l2sp=args.l2sp, seed=args.seed, train=args.train,
                          device=args.device, patch_size=args.patch_size, batch_size=args.batch_size)
     gen = finetune(args.model, args.data, cfg, output=args.output)
     bar = _progress_bar(int(cfg.max_seconds), "fine-tuning", "s")
@@ -323,11 +323,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="parent model name or path")
     p.add_argument("--data", required=True, help="folder with images/ and masks/ (optional labels/)")
     p.add_argument("-o", "--output", help="output weights path (default: a new version in the user models folder)")
-    p.add_argument("--max-seconds", type=float, default=60.0, help="time budget (default 60 s)")
-    p.add_argument("--lr", type=float, default=3e-4)
-    p.add_argument("--l2sp", type=float, default=1e-2, help="pull towards the parent's weights (0 = off)")
-    p.add_argument("--patch-size", type=int, default=256)
-    p.add_argument("--batch-size", type=int, default=8)
+    from .finetuning import FinetuneConfig  # the defaults live in one place
+
+    ft = FinetuneConfig()
+    p.add_argument("--max-seconds", type=float, default=ft.max_seconds, help="time budget (default %(default)s s)")
+    p.add_argument("--train", choices=["norm", "all"], default=ft.train,
+                   help="which weights learn: BatchNorm + head only (default, safe) or all")
+    p.add_argument("--lr", type=float, default=ft.lr, help="learning rate (default %(default)s; ~3e-4 with --train all)")
+    p.add_argument("--l2sp", type=float, default=ft.l2sp, help="pull towards the parent's weights (0 = off)")
+    p.add_argument("--patch-size", type=int, default=ft.patch_size)
+    p.add_argument("--batch-size", type=int, default=ft.batch_size)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_cmd_finetune)

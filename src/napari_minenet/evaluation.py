@@ -77,6 +77,13 @@ def evaluate(
         "mean": mean,
         "per_image": rows,
     }
+    training = model.card.training or {}
+    report["model_info"] = {  # what a comparison between models needs to be fair
+        "architecture": model.card.architecture,
+        "parameters": sum(p.numel() for p in model.network.parameters()),
+        "test_time_augmentation": model.card.test_time_augmentation,
+        **{k: training[k] for k in ("command", "steps", "duration_s", "hardware", "stopped") if k in training},
+    }
     if not use_contours and model.card.has_contours:
         report["contours"] = "ignored (distance-transform instance splitting)"
     return report
