@@ -14,7 +14,7 @@ import napari
 import numpy as np
 from napari.qt.threading import create_worker
 from napari.utils import progress as napari_progress
-from qtpy.QtCore import QPointF, Qt, QTimer, Signal
+from qtpy.QtCore import QPointF, Qt, Signal
 from qtpy.QtGui import QColor, QPainter, QPen
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -182,10 +182,7 @@ class LearnPanel(QWidget):
         layout.addWidget(self.status_label)
         layout.addWidget(self.loss_plot)
 
-        self._edit_timer = QTimer(self)
-        self._edit_timer.setSingleShot(True)
-        self._edit_timer.setInterval(300)
-        self._edit_timer.timeout.connect(self._update_edited)
+        self._edit_timer = common.debounce(self, 300, self._update_edited)
 
         self.folder_button.clicked.connect(self._choose_folder)
         self.folder_edit.editingFinished.connect(lambda: self.open_store(self.folder_edit.text()))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtCore import QObject, Signal
+from qtpy.QtCore import QObject, QTimer, Signal
 from qtpy.QtWidgets import QComboBox, QFileDialog, QMessageBox, QWidget
 
 from .zoo import ModelInfo, list_models
@@ -120,3 +120,12 @@ class ModelPicker(QComboBox):
         if data:
             self._last_index = index
             self.model_selected.emit(str(data))
+
+
+def debounce(parent: QObject, milliseconds: int, slot) -> QTimer:
+    """A single-shot timer: call ``.start()`` on every change, ``slot`` runs once they stop."""
+    timer = QTimer(parent)
+    timer.setSingleShot(True)
+    timer.setInterval(milliseconds)
+    timer.timeout.connect(slot)
+    return timer

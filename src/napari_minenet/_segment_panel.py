@@ -14,7 +14,7 @@ import napari
 import numpy as np
 from napari.qt.threading import create_worker
 from napari.utils import progress as napari_progress
-from qtpy.QtCore import Qt, QTimer, Signal
+from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -139,10 +139,7 @@ class SegmentPanel(QWidget):
         layout.addWidget(self.summary_label)
         layout.addWidget(self.export_button)
 
-        self._relabel_timer = QTimer(self)
-        self._relabel_timer.setSingleShot(True)
-        self._relabel_timer.setInterval(120)
-        self._relabel_timer.timeout.connect(self.relabel)
+        self._relabel_timer = common.debounce(self, 120, self.relabel)
 
         # --- wiring
         self.run_button.clicked.connect(self.run)

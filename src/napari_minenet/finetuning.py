@@ -11,7 +11,7 @@ What makes fine-tuning from 1-4 corrections help instead of hurt (docs/finetunin
   a strip of each example) scores the parent *before* training and every few steps
   during it; the best weights are kept;
 * the new version is only accepted when it beats the parent on that held-out part
-  (lower loss and an F1 at least as high);
+  (lower loss, and F1 and, for nuclei, AJI at least as high);
   otherwise the caller is told and nothing replaces the parent.
 
 ``finetune`` is a generator like ``training.fit``; its return value says whether the new
@@ -145,19 +145,21 @@ def norm_parameters(network: torch.nn.Module) -> list[str]:
 def acceptance(before: dict[str, float], after: dict[str, float], min_gain: float = 0.0) -> tuple[bool, str]:
     """Whether a fine-tuned version replaces its parent, and why, from their held-out scores.
 
-    Both must hold: the held-out loss fell by more than ``min_gain``, and the held-out F1
-    (when measured) did not fall. A lower loss alone is not enough: a model can become more
-    confident on the pixels it already got right while losing objects.
+    All must hold: the held-out loss fell by more than ``min_gain``, and the held-out F1 and,
+    for instance models, AJI (when measured) did not fall. A lower loss alone is not enough:
+    a model can become more confident on the pixels it already got right while losing or
+    merging objects.
     """
     b_loss, a_loss = before["loss"], after["loss"]
     if not a_loss < b_loss - min_gain:
         return False, (f"not better than the parent on the held-out corrections (loss {b_loss:.4f} -> "
                        f"{a_loss:.4f}); the parent stays selected")
-    if "f1" in before and "f1" in after and after["f1"] < before["f1"]:
+    scores = [k for k in ("f1", "aji") if k in before and k in after]
+    change = "".join(f", {k.upper()} {before[k]:.4f} -> {after[k]:.4f}" for k in scores)
+    if any(after[k] < before[k] for k in scores):
         return False, (f"not better than the parent on the held-out corrections (loss {b_loss:.4f} -> "
-                       f"{a_loss:.4f} but F1 {before['f1']:.4f} -> {after['f1']:.4f}); the parent stays selected")
-    return True, f"held-out loss {b_loss:.4f} -> {a_loss:.4f}" + (
-        f", F1 {before['f1']:.4f} -> {after['f1']:.4f}" if "f1" in before and "f1" in after else "")
+                       f"{a_loss:.4f}{change}); the parent stays selected")
+    return True, f"held-out loss {b_loss:.4f} -> {a_loss:.4f}{change}"
 
 
 def finetune(
@@ -210,12 +212,16 @@ def finetune(
     patch = min(cfg.patch_size, *(min(ex.mask.shape) for ex in train_ex))
     sampler.patch_size = max(32, patch - patch % 4)
 
-    before_loss, before, _ = validate(parent_model, held_ex, loss_fn, dev) if held_ex else (float("nan"), {}, None)
+    # instance models are judged on the instances users see (AJI), not only on pixels
+    instances = card.instances and bool(held_ex) and all(ex.labels is not None for ex in held_ex)
+    before_loss, before, _ = (validate(parent_model, held_ex, loss_fn, dev, instances=instances) if held_ex
+                              else (float("nan"), {}, None))
     yield TrainingProgress("validation", 0, 0, cfg.max_steps, 0.0, val_loss=before_loss, val_score=before.get("f1"),
                            val_metrics=before, message="parent model on the held-out corrections")
     result = yield from fit(
         child, sampler, held_ex, lr=cfg.lr, epochs=max(1, cfg.max_steps // cfg.steps_per_validation),
         steps_per_epoch=cfg.steps_per_validation, lr_schedule="constant", patience=10**6,
+        validate_instances=instances,
         max_seconds=cfg.max_seconds, device=dev, loss_fn=loss_fn,
         regularizer=l2sp_penalty(parent_model.network, cfg.l2sp) if cfg.l2sp > 0 else None, cancel=cancel,
         pause=pause,
