@@ -116,7 +116,7 @@ def run(data: str, model_name: str, ks: list[int], seconds: float, crop: int, se
             row = {"k": k, "seed": seed, "tune_ids": [ex.id for ex in tune], "n_test": len(rest),
                    "before": before, "candidate": after, "kept": kept, "accepted": result.accepted,
                    "steps": result.steps, "finetune_s": round(result.seconds, 1), "wall_s": round(wall, 1),
-                   "reason": result.reason}
+                   "held_out_before": result.before, "held_out_after": result.after, "reason": result.reason}
             if rf:
                 row["random_forest"] = random_forest_reference(tune, rest, seed)
             rows.append(row)

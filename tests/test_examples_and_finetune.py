@@ -258,13 +258,15 @@ def test_finetune_rejects_unknown_train_mode():
 def test_acceptance_needs_lower_loss_and_no_lower_f1():
     assert acceptance({"loss": 0.5, "f1": 0.8}, {"loss": 0.4, "f1": 0.81})[0]
     assert acceptance({"loss": 0.5}, {"loss": 0.4})[0]
+    assert FinetuneConfig().min_gain == pytest.approx(0.03)
     ok, why = acceptance({"loss": 0.5, "f1": 0.8}, {"loss": 0.4, "f1": 0.7})
     assert not ok and "F1 0.8000 -> 0.7000" in why
     ok, why = acceptance({"loss": 0.5, "f1": 0.8, "aji": 0.6}, {"loss": 0.4, "f1": 0.85, "aji": 0.55})
     assert not ok and "AJI 0.6000 -> 0.5500" in why
     ok, why = acceptance({"loss": 0.5, "f1": 0.8}, {"loss": 0.5, "f1": 0.9})
     assert not ok and "loss" in why
-    assert not acceptance({"loss": 0.5}, {"loss": 0.49}, min_gain=0.02)[0]
+    assert not acceptance({"loss": 0.5}, {"loss": 0.49}, min_gain=0.03)[0]  # -2 %: not enough
+    assert acceptance({"loss": 0.5}, {"loss": 0.48}, min_gain=0.03)[0]  # -4 %
 
 
 def test_norm_parameters_for_both_architectures():

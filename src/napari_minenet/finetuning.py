@@ -53,7 +53,11 @@ class FinetuneConfig:
     holdout_fraction: float = 0.25
     seed: int = 0
     device: str = "auto"
-    min_gain: float = 0.0  # accept only when the held-out loss improves by more than this
+    #: accept only when the held-out loss falls by more than this fraction. The held-out part
+    #: comes from the same crops as the training part, so fitting those crops lowers it a
+    #: little even when the rest of the dataset gets worse: in-domain runs fell 1.6-2.6 %
+    #: (worse elsewhere), new-domain runs 4.3-11 % (better elsewhere); docs/results.md
+    min_gain: float = 0.03
     #: which parameters learn: "norm" (default) = BatchNorm scales / shifts and the final 1x1
     #: classifier (~1,000 of Mini-Net's 37,721): they adapt contrast and calibration but cannot
     #: forget shapes; "all" =
@@ -142,18 +146,18 @@ def norm_parameters(network: torch.nn.Module) -> list[str]:
     return names + [n for n in last if n not in names]
 
 
-def acceptance(before: dict[str, float], after: dict[str, float], min_gain: float = 0.0) -> tuple[bool, str]:
+def acceptance(before: dict[str, float], after: dict[str, float], min_gain: float = 0.03) -> tuple[bool, str]:
     """Whether a fine-tuned version replaces its parent, and why, from their held-out scores.
 
-    All must hold: the held-out loss fell by more than ``min_gain``, and the held-out F1 and,
+    All must hold: the held-out loss fell by more than the fraction ``min_gain``, and the held-out F1 and,
     for instance models, AJI (when measured) did not fall. A lower loss alone is not enough:
     a model can become more confident on the pixels it already got right while losing or
     merging objects.
     """
     b_loss, a_loss = before["loss"], after["loss"]
-    if not a_loss < b_loss - min_gain:
+    if not a_loss < b_loss * (1.0 - min_gain):
         return False, (f"not better than the parent on the held-out corrections (loss {b_loss:.4f} -> "
-                       f"{a_loss:.4f}); the parent stays selected")
+                       f"{a_loss:.4f}, needs -{100 * min_gain:.0f} %); the parent stays selected")
     scores = [k for k in ("f1", "aji") if k in before and k in after]
     change = "".join(f", {k.upper()} {before[k]:.4f} -> {after[k]:.4f}" for k in scores)
     if any(after[k] < before[k] for k in scores):
