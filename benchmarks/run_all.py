@@ -369,7 +369,7 @@ def quality_section(folder: Path) -> list[str]:
                f"crops (`{f.name}`; `benchmarks/human_in_the_loop.py`): model `{d['model']}` on `{d['data']}`, "
                f"{d['seconds']:.0f} s budget, fine-tuning `train={d['config'].get('train', 'all')}` lr "
                f"{d['config']['lr']:g}, crops <= {d['crop']} px, seeds {d['seeds']}; mean over seeds of the "
-               "F1 on the images not used for fine-tuning.", ""]
+               "F1 on the images not used for fine-tuning." + (f" Note: {d['note']}" if d.get("note") else ""), ""]
         rows = []
         for k in sorted({r["k"] for r in d["rows"]}):
             rs = [r for r in d["rows"] if r["k"] == k]
