@@ -364,6 +364,7 @@ def quality_section(folder: Path) -> list[str]:
                          *(_f(m.get(k), 4) for k in ("f1", "auc", "se", "sp", "acc")), f"`{f.name}`"])
         md += _table(["model", "network", "parameters", "test data", "training steps", "training time",
                       "TTA views", "F1", "AUC", "Se", "Sp", "Acc", "report"], rows)
+        md += [f"Note (`{f.name}`): {d['note']}" for f, d in evals if d.get("note")] + [""]
     for f, d in loops:
         md += [f"Fine-tuning from K corrected crops vs a random-forest pixel classifier trained on the *same* "
                f"crops (`{f.name}`; `benchmarks/human_in_the_loop.py`): model `{d['model']}` on `{d['data']}`, "
