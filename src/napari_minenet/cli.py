@@ -199,8 +199,9 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     from .finetuning import FinetuneConfig, finetune
     from .training import run_to_end
 
-    cfg = FinetuneConfig(max_seconds=args.max_seconds, lr=args.lr, l2sp=args.l2sp, seed=args.seed, train=args.train,
-                         device=args.device, patch_size=args.patch_size, batch_size=args.batch_size)
+    cfg = FinetuneConfig(max_seconds=args.max_seconds, lr=args.lr, l2sp=args.l2sp, seed=args.seed,
+                         train=args.train, device=args.device, patch_size=args.patch_size,
+                         batch_size=args.batch_size)
     gen = finetune(args.model, args.data, cfg, output=args.output)
     bar = _progress_bar(int(cfg.max_seconds), "fine-tuning", "s")
 
@@ -328,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     ft = FinetuneConfig()
     p.add_argument("--max-seconds", type=float, default=ft.max_seconds, help="time budget (default %(default)s s)")
     p.add_argument("--train", choices=["norm", "all"], default=ft.train,
-                   help="which weights learn: BatchNorm + head only (default, safe) or all")
+                   help="which weights learn: BatchNorm + classifier only (default, safe) or all")
     p.add_argument("--lr", type=float, default=ft.lr, help="learning rate (default %(default)s; ~3e-4 with --train all)")
     p.add_argument("--l2sp", type=float, default=ft.l2sp, help="pull towards the parent's weights (0 = off)")
     p.add_argument("--patch-size", type=int, default=ft.patch_size)

@@ -1,17 +1,17 @@
 """Fine-tuning a model on a handful of corrected examples, safely.
 
-What makes fine-tuning from 1-4 corrections help instead of hurt (docs/finetuning.md):
+What makes fine-tuning from 1-4 corrections help instead of hurt (docs/training.md, docs/results.md):
 
 * the same normalisation as in training and segmentation: each batch holds patches of one
   image, so BatchNorm uses that image's statistics (segmentation re-estimates them on the
   image being segmented);
-* only the BatchNorm scales / shifts and the final classifier learn (``train="norm"``), with an
-  L2-SP penalty that keeps them near the parent's;
+* only the BatchNorm scales / shifts and the final classifier learn (``train="norm"``); an
+  L2-SP penalty keeps the convolution weights that learn near the parent's;
 * a held-out part of the corrections (whole examples when there are 4 or more, otherwise
   a strip of each example) scores the parent *before* training and every few steps
   during it; the best weights are kept;
 * the new version is only accepted when it beats the parent on that held-out part
-  (lower loss, and F1 and, for nuclei, AJI at least as high);
+  (loss at least 3 % lower, F1 and, for nuclei, AJI at least as high);
   otherwise the caller is told and nothing replaces the parent.
 
 ``finetune`` is a generator like ``training.fit``; its return value says whether the new
@@ -38,7 +38,8 @@ from .patches import Augmentation, PatchSampler
 from .training import TrainingProgress, fit, hardware_description, resize_examples, validate
 from .zoo import SegmentationModel, load_model, save_model, user_models_dir
 
-__all__ = ["FinetuneConfig", "acceptance", "norm_parameters", "FinetuneResult", "finetune", "holdout_split", "l2sp_penalty", "version_name"]
+__all__ = ["FinetuneConfig", "FinetuneResult", "acceptance", "finetune", "holdout_split", "l2sp_penalty",
+           "norm_parameters", "version_name"]
 
 
 @dataclass
@@ -59,10 +60,9 @@ class FinetuneConfig:
     #: (worse elsewhere), new-domain runs 4.3-11 % (better elsewhere); docs/results.md
     min_gain: float = 0.03
     #: which parameters learn: "norm" (default) = BatchNorm scales / shifts and the final 1x1
-    #: classifier (~1,000 of Mini-Net's 37,721): they adapt contrast and calibration but cannot
-    #: forget shapes; "all" =
-    #: every weight. On STARE (a fundus dataset the vessels model never saw) "all" lowered F1
-    #: at every learning rate tried, "norm" at 3e-3 raised it (docs/results.md).
+    #: classifier (1,074 of Mini-Net's 37,721): they adapt contrast and calibration but cannot
+    #: forget shapes; "all" = every weight. On STARE (a fundus dataset the vessels model never
+    #: saw) "all" lowered F1 at every learning rate tried, "norm" raised it (docs/results.md).
     train: str = "norm"
 
 
@@ -149,8 +149,8 @@ def norm_parameters(network: torch.nn.Module) -> list[str]:
 def acceptance(before: dict[str, float], after: dict[str, float], min_gain: float = 0.03) -> tuple[bool, str]:
     """Whether a fine-tuned version replaces its parent, and why, from their held-out scores.
 
-    All must hold: the held-out loss fell by more than the fraction ``min_gain``, and the held-out F1 and,
-    for instance models, AJI (when measured) did not fall. A lower loss alone is not enough:
+    All must hold: the held-out loss fell by more than the fraction ``min_gain``, and the
+    held-out F1 and, for instance models, AJI (when measured) did not fall. A lower loss alone is not enough:
     a model can become more confident on the pixels it already got right while losing or
     merging objects.
     """
