@@ -24,6 +24,7 @@ import copy
 import dataclasses
 import datetime as _dt
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Generator
@@ -40,6 +41,9 @@ from .zoo import SegmentationModel, load_model, save_model, user_models_dir
 
 __all__ = ["FinetuneConfig", "FinetuneResult", "acceptance", "finetune", "holdout_split", "l2sp_penalty",
            "norm_parameters", "version_name"]
+
+
+SAVE_AND_LAST_STEP_S = 2.0  # seconds kept back from the budget (a CPU step of 8 x 256^2 is ~0.7 s)
 
 
 @dataclass
@@ -182,6 +186,7 @@ def finetune(
     it beats the parent on the held-out corrections. ``parent`` is never modified; a
     cancel raises :class:`~napari_minenet.inference.Cancelled` and saves nothing.
     """
+    started = time.perf_counter()
     cfg = config or FinetuneConfig()
     parent_model = load_model(parent) if not isinstance(parent, SegmentationModel) else parent
     data_source = str(examples) if not isinstance(examples, list) else "corrected examples"
@@ -218,15 +223,22 @@ def finetune(
 
     # instance models are judged on the instances users see (AJI), not only on pixels
     instances = card.instances and bool(held_ex) and all(ex.labels is not None for ex in held_ex)
+    t_validate = time.perf_counter()
     before_loss, before, _ = (validate(parent_model, held_ex, loss_fn, dev, instances=instances) if held_ex
                               else (float("nan"), {}, None))
+    # the budget covers the whole run: setup, this validation, the last step that starts
+    # inside fit()'s budget, the validation fit() makes after it (about as long as this one)
+    # and saving (the last two: SAVE_AND_LAST_STEP_S)
+    validation_s = time.perf_counter() - t_validate
+    spent = time.perf_counter() - started
+    train_budget = max(1.0, cfg.max_seconds - spent - validation_s - SAVE_AND_LAST_STEP_S)
     yield TrainingProgress("validation", 0, 0, cfg.max_steps, 0.0, val_loss=before_loss, val_score=before.get("f1"),
                            val_metrics=before, message="parent model on the held-out corrections")
     result = yield from fit(
         child, sampler, held_ex, lr=cfg.lr, epochs=max(1, cfg.max_steps // cfg.steps_per_validation),
         steps_per_epoch=cfg.steps_per_validation, lr_schedule="constant", patience=10**6,
         validate_instances=instances,
-        max_seconds=cfg.max_seconds, device=dev, loss_fn=loss_fn,
+        max_seconds=train_budget, device=dev, loss_fn=loss_fn,
         regularizer=l2sp_penalty(parent_model.network, cfg.l2sp) if cfg.l2sp > 0 else None, cancel=cancel,
         pause=pause,
     )
