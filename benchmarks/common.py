@@ -15,9 +15,10 @@ import resource
 import statistics
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -221,9 +222,9 @@ def load_benchmark_model(name: str = "nuclei") -> BenchmarkModel:
 
 def reference_unet(out_channels: int = 2):
     """The reference U-Net (MONAI BasicUNet) with an otherwise default card."""
-    from napari_minenet.zoo import ModelCard, SegmentationModel
-
     import torch
+
+    from napari_minenet.zoo import ModelCard, SegmentationModel
 
     card = ModelCard(name="unet", architecture={"name": "UNet"}, out_channels=out_channels)
     torch.manual_seed(0)

@@ -31,8 +31,8 @@ import torch
 from napari_minenet.data import TrainingExample, load_dataset, working_scale
 from napari_minenet.evaluation import evaluate_examples
 from napari_minenet.finetuning import FinetuneConfig, finetune
-from napari_minenet.training import run_to_end
 from napari_minenet.metrics import mean_metrics, pixel_metrics
+from napari_minenet.training import run_to_end
 from napari_minenet.zoo import load_model
 
 KEYS = ("f1", "jaccard", "aji")

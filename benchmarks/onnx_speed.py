@@ -31,9 +31,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import numpy as np  # noqa: E402
-
 import common  # noqa: E402
+import numpy as np  # noqa: E402
 from common import median_time, mpx_per_s, print_table  # noqa: E402
 
 

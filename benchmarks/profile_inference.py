@@ -105,7 +105,6 @@ def phase_table(idx: StatsIndex) -> list[tuple[str, float]]:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     common.configure_threads(args.threads)
-    import torch
 
     from napari_minenet.inference import select_device
     from napari_minenet.segmentation import labels_for, segment

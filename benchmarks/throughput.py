@@ -36,10 +36,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import numpy as np  # noqa: E402
-
 import common  # noqa: E402
-from common import MPX, fmt_bytes, median_time, mpx_per_s, print_table  # noqa: E402
+import numpy as np  # noqa: E402
+from common import fmt_bytes, median_time, mpx_per_s, print_table  # noqa: E402
 
 CHILD_MARKER = "CHILD_RESULT "
 TARGET_MPX_S = 2.0

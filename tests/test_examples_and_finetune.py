@@ -269,7 +269,7 @@ def test_acceptance_needs_lower_loss_and_no_lower_f1():
     assert acceptance({"loss": 0.5}, {"loss": 0.48}, min_gain=0.03)[0]  # -4 %
 
 
-def test_norm_parameters_for_both_architectures():
+def test_norm_parameters_for_mininet():
     from napari_minenet.architectures import build_network
     from napari_minenet.finetuning import norm_parameters
 
@@ -277,6 +277,14 @@ def test_norm_parameters_for_both_architectures():
     names = norm_parameters(mini)
     assert "classifier.weight" in names and "stem.bn.weight" in names and "stem.conv.weight" not in names
     assert 500 < sum(p.numel() for n, p in mini.named_parameters() if n in names) < 2000
+
+
+def test_norm_parameters_for_the_reference_unet():
+    """The benchmarks' U-Net comes from MONAI (the ``bench`` extra, not ``testing``)."""
+    pytest.importorskip("monai")
+    from napari_minenet.architectures import build_network
+    from napari_minenet.finetuning import norm_parameters
+
     unet = build_network({"name": "UNet"}, 3, 1)
     names = norm_parameters(unet)
     convs = [n for n, p in unet.named_parameters() if p.ndim == 4]

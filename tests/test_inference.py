@@ -8,9 +8,9 @@ import torch
 
 from napari_minenet.data import InputError
 from napari_minenet.inference import (
+    GRID,
     Cancelled,
     adapt_batchnorm,
-    GRID,
     blend_weights,
     predict,
     predict_tiled,

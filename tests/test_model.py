@@ -16,7 +16,6 @@ from napari_minenet.model import (
     fuse_for_inference,
 )
 
-
 # --------------------------------------------------------------------------- parameter budget
 
 

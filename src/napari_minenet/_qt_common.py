@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QObject, QTimer, Signal
 from qtpy.QtWidgets import QComboBox, QFileDialog, QMessageBox, QWidget

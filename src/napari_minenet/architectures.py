@@ -4,7 +4,8 @@ benchmarks compare it with (trained by the same ``train`` command, same data, sa
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn

@@ -159,7 +159,6 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    import json
 
     from .evaluation import METRIC_KEYS, evaluate
     from .zoo import atomic_write_json

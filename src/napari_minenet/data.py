@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -204,7 +204,7 @@ class Normalizer:
     offset: np.ndarray  # (C,) float32
 
     @classmethod
-    def for_image(cls, image: np.ndarray, normalization: dict, in_channels: int) -> "Normalizer":
+    def for_image(cls, image: np.ndarray, normalization: dict, in_channels: int) -> Normalizer:
         mean = np.asarray(normalization.get("mean", [0.0] * in_channels), dtype=np.float32)
         std = np.asarray(normalization.get("std", [1.0] * in_channels), dtype=np.float32)
         mean = np.broadcast_to(mean[:in_channels] if mean.size >= in_channels else mean[:1], (in_channels,))

@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .model import MiniNet, fuse_for_inference
 from .files import atomic_write_bytes, atomic_write_json
+from .model import MiniNet, fuse_for_inference
 from .zoo import SegmentationModel, load_model
 
 __all__ = ["export_onnx", "ExportWrapper", "InputStatisticsNorm"]

@@ -25,11 +25,10 @@ import dataclasses
 import datetime as _dt
 import re
 import time
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Generator
 
-import numpy as np
 import torch
 
 from .data import InputError, TrainingExample, load_dataset

@@ -25,7 +25,7 @@ from __future__ import annotations
 import copy
 import math
 import warnings
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch

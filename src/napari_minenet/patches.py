@@ -41,7 +41,7 @@ class Augmentation:
     stain: float = 0.0  # H&E stain jitter amplitude (0 = off)
 
     @classmethod
-    def for_task(cls, task: str) -> "Augmentation":
+    def for_task(cls, task: str) -> Augmentation:
         if task == "nuclei":
             return cls(stain=0.05)
         if task == "lesion":

@@ -17,22 +17,23 @@ import json
 import math
 import platform
 import time
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Generator
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from .data import TrainingExample, load_dataset, rescale_image, working_scale
+from .files import atomic_write_bytes, atomic_write_json
 from .inference import Cancelled, predict_tiled, select_device
 from .losses import MiniNetLoss
 from .metrics import instance_metrics, mean_metrics, pixel_metrics
 from .model import count_parameters
 from .patches import Augmentation, PatchSampler, contour_target
 from .postprocess import labels_from_probability
-from .files import atomic_write_bytes, atomic_write_json
 from .zoo import TASKS, ModelCard, SegmentationModel, save_model
 
 __all__ = [
@@ -79,7 +80,7 @@ class TrainConfig:
     threads: int | None = None
     architecture: str = "MiniNet"  # "UNet": the benchmarks' reference (needs MONAI)
 
-    def resolved(self) -> "TrainConfig":
+    def resolved(self) -> TrainConfig:
         task = TASK_TRAINING_DEFAULTS.get(self.task, TASK_TRAINING_DEFAULTS["custom"])
         cfg = dataclasses.replace(self)
         if cfg.patch_size is None:

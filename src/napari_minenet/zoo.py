@@ -136,7 +136,7 @@ class ModelCard:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ModelCard":
+    def from_dict(cls, data: dict[str, Any]) -> ModelCard:
         if not isinstance(data, dict) or "name" not in data:
             raise ValueError("a model card is a JSON object with at least a 'name'")
         known = {f.name for f in dataclasses.fields(cls)}
@@ -160,7 +160,7 @@ class SegmentationModel:
     path: Path | None = None
 
     @classmethod
-    def new(cls, card: ModelCard) -> "SegmentationModel":
+    def new(cls, card: ModelCard) -> SegmentationModel:
         return cls(card.build_network(), card)
 
 
