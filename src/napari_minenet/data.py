@@ -249,10 +249,13 @@ class TrainingExample:
     #: resize factor to the model's working size when this is a crop of a larger image
     #: (None: the example is a whole image)
     scale: float | None = None
+    #: (H, W) labels the model predicted when the user started correcting: where they differ
+    #: from ``labels``/``mask`` the user edited (None: every pixel is ground truth)
+    before: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         hw = self.image.shape[:2]
-        for name in ("mask", "labels", "fov"):
+        for name in ("mask", "labels", "fov", "before"):
             arr = getattr(self, name)
             if arr is not None and arr.shape[:2] != hw:
                 raise InputError(f"example {self.id!r}: {name} is {arr.shape[:2]} but the image is {hw}")
