@@ -19,7 +19,7 @@ import torch
 
 from .data import Normalizer, TrainingExample, as_rgb_or_grey
 
-__all__ = ["PatchSampler", "contour_target", "Augmentation"]
+__all__ = ["PatchSampler", "contour_target", "example_targets", "Augmentation"]
 
 
 def contour_target(labels: np.ndarray, width: int = 2) -> np.ndarray:
@@ -49,6 +49,21 @@ class Augmentation:
         return cls()
 
 
+def example_targets(ex: TrainingExample, contours: bool) -> np.ndarray:
+    """(T, H, W) float32 training targets of an example: the foreground mask, and with
+    ``contours`` the instance borders (from the labels, or from the mask's components)."""
+    planes = [ex.mask.astype(np.float32)]
+    if contours:
+        if ex.labels is None:
+            from scipy import ndimage as ndi
+
+            labels, _ = ndi.label(ex.mask)
+        else:
+            labels = ex.labels
+        planes.append(contour_target(labels).astype(np.float32))
+    return np.stack(planes)
+
+
 class PatchSampler:
     """Draws (input, target, valid) batches from a list of examples."""
 
@@ -63,7 +78,16 @@ class PatchSampler:
         contours: bool = False,
         augmentation: Augmentation | None = None,
         seed: int = 0,
+        targets: list[np.ndarray] | None = None,
+        weights: list[np.ndarray] | None = None,
+        focus: list[np.ndarray | None] | None = None,
+        focus_probability: float = 0.0,
     ) -> None:
+        """``targets`` (per example, (T, H, W) float, may be soft) replace the targets made
+        from the masks / labels; ``weights`` (per example, (H, W) float) weight each pixel's
+        loss (``sample`` then returns them as a third tensor); ``focus`` (per example, (H, W)
+        bool or None) marks where the user corrected: with probability ``focus_probability``
+        a patch is centred on a random correction instead of a random position."""
         if not examples:
             raise ValueError("no training examples")
         self.examples = examples
@@ -75,20 +99,22 @@ class PatchSampler:
         self.rng = np.random.default_rng(seed)
         self._images = [as_rgb_or_grey(ex.image, in_channels) for ex in examples]
         self._normalizers = [Normalizer.for_image(img, normalization, in_channels) for img in self._images]
-        targets = []
-        for ex in examples:
-            planes = [ex.mask.astype(np.float32)]
-            if contours:
-                if ex.labels is None:
-                    from scipy import ndimage as ndi
-
-                    labels, _ = ndi.label(ex.mask)
-                else:
-                    labels = ex.labels
-                planes.append(contour_target(labels).astype(np.float32))
-            targets.append(np.stack(planes))
+        if targets is None:
+            targets = [example_targets(ex, contours) for ex in examples]
+        if weights is not None:  # the weight travels as the last target plane (same crop and flips)
+            targets = [np.concatenate([t, w[None].astype(np.float32)]) for t, w in zip(targets, weights)]
+        self._weighted = weights is not None
         self._targets = targets
+        # binary target planes stay binary when a patch is resized; soft ones (a parent's
+        # probabilities) and the weights stay soft
+        n_hard = len(targets[0]) - (1 if self._weighted else 0)
+        self._binary = [[c < n_hard and bool(((t[c] == 0) | (t[c] == 1)).all()) for c in range(len(t))]
+                        for t in targets]
+        self._focus = [None if f is None or not f.any() else np.flatnonzero(f) for f in (focus or [None] * len(examples))]
+        self.focus_probability = float(focus_probability)
         areas = np.array([ex.mask.size for ex in examples], float)
+        if weights is not None:  # images where nothing counts are never drawn
+            areas = np.array([float(w.sum()) for w in weights]) + 1e-9 * areas
         self._p = areas / areas.sum()
 
     def state(self) -> dict:
@@ -97,25 +123,36 @@ class PatchSampler:
     def set_state(self, state: dict) -> None:
         self.rng.bit_generator.state = state
 
-    def sample(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """One batch: x (B, C, P, P) float32, y (B, T, P, P) float32, all from one image."""
+    def sample(self) -> tuple[torch.Tensor, ...]:
+        """One batch, all from one image: x (B, C, P, P) float32, y (B, T, P, P) float32,
+        and with ``weights`` also w (B, 1, P, P) float32."""
         k = int(self.rng.choice(len(self.examples), p=self._p))
         image, target, norm = self._images[k], self._targets[k], self._normalizers[k]
         xs, ys = [], []
         for _ in range(self.batch_size):
-            x, y = self._patch(image, target, norm)
+            x, y = self._patch(image, target, norm, self._focus[k], self._binary[k])
             xs.append(x)
             ys.append(y)
         x = torch.from_numpy(np.stack(xs))
         y = torch.from_numpy(np.stack(ys))
+        if self._weighted:
+            return x, y[:, :-1].contiguous(), y[:, -1:].contiguous()
         return x, y
 
-    def _patch(self, image: np.ndarray, target: np.ndarray, norm: Normalizer) -> tuple[np.ndarray, np.ndarray]:
+    def _patch(self, image: np.ndarray, target: np.ndarray, norm: Normalizer, focus: np.ndarray | None = None,
+               binary: list[bool] | None = None) -> tuple[np.ndarray, np.ndarray]:
         rng, aug, p = self.rng, self.aug, self.patch_size
         h, w = image.shape[:2]
         s = float(np.exp(rng.uniform(np.log(aug.scale[0]), np.log(aug.scale[1]))))
         ch, cw = min(h, max(8, int(round(p * s)))), min(w, max(8, int(round(p * s))))
-        y0, x0 = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+        if focus is not None and rng.random() < self.focus_probability:
+            # centred on a corrected pixel (jittered by a quarter patch), clipped to the image
+            cy, cx = divmod(int(focus[rng.integers(focus.size)]), w)
+            cy += int(rng.integers(-ch // 4, ch // 4 + 1))
+            cx += int(rng.integers(-cw // 4, cw // 4 + 1))
+            y0, x0 = min(max(0, cy - ch // 2), h - ch), min(max(0, cx - cw // 2), w - cw)
+        else:
+            y0, x0 = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
         img = image[y0 : y0 + ch, x0 : x0 + cw]
         tgt = target[:, y0 : y0 + ch, x0 : x0 + cw]
         if aug.stain > 0 and img.ndim == 3:
@@ -126,8 +163,10 @@ class PatchSampler:
             xt = torch.from_numpy(np.ascontiguousarray(x))[None]
             x = torch.nn.functional.interpolate(xt, size=(p, p), mode="bilinear", align_corners=False)[0].numpy()
             tt = torch.from_numpy(np.ascontiguousarray(tgt))[None]
-            tgt = (torch.nn.functional.interpolate(tt, size=(p, p), mode="bilinear", align_corners=False)[0] > 0.5)
-            tgt = tgt.float().numpy()
+            tgt = torch.nn.functional.interpolate(tt, size=(p, p), mode="bilinear", align_corners=False)[0].numpy()
+            for c in range(tgt.shape[0]):
+                if binary is None or binary[c]:
+                    tgt[c] = tgt[c] > 0.5
         if aug.flips:
             k = int(rng.integers(4))
             x, tgt = np.rot90(x, k, axes=(1, 2)), np.rot90(tgt, k, axes=(1, 2))

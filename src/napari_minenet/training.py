@@ -32,7 +32,7 @@ from .inference import Cancelled, predict_tiled, select_device
 from .losses import MiniNetLoss
 from .metrics import instance_metrics, mean_metrics, pixel_metrics
 from .model import count_parameters
-from .patches import Augmentation, PatchSampler, contour_target
+from .patches import Augmentation, PatchSampler, example_targets
 from .postprocess import labels_from_probability
 from .zoo import TASKS, ModelCard, SegmentationModel, save_model
 
@@ -187,23 +187,13 @@ def resize_examples(examples: list[TrainingExample], long_side: int | None) -> l
         mask = rescale_image(ex.mask.astype(np.float32), s) > 0.5
         labels = None if ex.labels is None else rescale_image(ex.labels, s, labels=True)
         fov = None if ex.fov is None else rescale_image(ex.fov.astype(np.float32), s) > 0.5
-        out.append(TrainingExample(ex.id, rescale_image(ex.image, s), mask, labels, fov, ex.source, scale=1.0))
+        before = None if ex.before is None else rescale_image(ex.before, s, labels=True)
+        out.append(TrainingExample(ex.id, rescale_image(ex.image, s), mask, labels, fov, ex.source, scale=1.0,
+                                   before=before))
     return out
 
 
 # --------------------------------------------------------------------------- validation
-
-
-def _targets(ex: TrainingExample, contours: bool) -> np.ndarray:
-    planes = [ex.mask.astype(np.float32)]
-    if contours:
-        labels = ex.labels
-        if labels is None:
-            from scipy import ndimage as ndi
-
-            labels, _ = ndi.label(ex.mask)
-        planes.append(contour_target(labels).astype(np.float32))
-    return np.stack(planes)
 
 
 def validate(
@@ -226,7 +216,7 @@ def validate(
         probs = probabilities[k] if probabilities is not None else predict_tiled(ex.image, model, device=device,
                                                                                  scale=ex.scale)
         probs_out.append(probs)
-        target = torch.from_numpy(_targets(ex, card.has_contours))[None]
+        target = torch.from_numpy(example_targets(ex, card.has_contours))[None]
         logits = torch.logit(torch.from_numpy(probs)[None].clamp(1e-6, 1 - 1e-6))
         valid = None if ex.fov is None else torch.from_numpy(ex.fov[None, None].astype(np.float32))
         losses.append(float(loss_fn(logits, target, valid)))
@@ -362,6 +352,7 @@ def fit(
     validate_instances: bool = False,
     validate_first: bool = False,
     checkpoint_meta: dict[str, Any] | None = None,
+    keep: str = "best",
 ) -> Generator[TrainingProgress, None, TrainingResult]:
     """Optimise ``model.network`` in place on batches from ``sampler``.
 
@@ -369,7 +360,9 @@ def fit(
     the validation loss, when ``max_seconds`` have passed, or when ``cancel()`` is true
     (then :class:`Cancelled` is raised and ``model`` is restored to its initial weights).
     While ``pause()`` is true the loop waits and the time budget does not run.
-    At the end the network holds the weights with the best validation loss.
+    At the end the network holds the weights with the best validation loss, or with
+    ``keep="last"`` the weights of the last step (then validation data is optional and
+    only reported).
     """
     dev = select_device(device)
     net = model.network.to(dev).to(memory_format=torch.channels_last)
@@ -450,13 +443,14 @@ def fit(
                 if max_seconds is not None and elapsed() >= max_seconds:
                     stopped = "time budget"
                     break
-                x, y = sampler.sample()
+                x, y, *weight = sampler.sample()
                 x = x.to(dev, non_blocking=True).contiguous(memory_format=torch.channels_last)
                 y = y.to(dev, non_blocking=True)
+                weight = weight[0].to(dev, non_blocking=True) if weight else None
                 current_lr = lr_at(step)
                 for group in optimizer.param_groups:
                     group["lr"] = current_lr
-                loss = loss_fn(net(x), y)
+                loss = loss_fn(net(x), y, weight)
                 total = loss + regularizer(net) if regularizer is not None else loss
                 optimizer.zero_grad(set_to_none=True)
                 total.backward()
@@ -487,6 +481,8 @@ def fit(
         net.load_state_dict(initial)
         net.eval()
         raise
+    if keep == "last":
+        best_state, best_epoch = copy.deepcopy(net.state_dict()), epoch
     net.load_state_dict(best_state)
     net.eval()
     result = TrainingResult(model, history, best_epoch, best_loss, best_metrics, stopped, elapsed(), step)
