@@ -77,9 +77,14 @@ def image_region(layer, viewer, *, all_slices: bool = False, visible_only: bool 
     else:
         lead_index = None if lead_shape else ()
         data = full[(Ellipsis, slice(y0, y1), slice(x0, x1)) + ((slice(None),) if rgb else ())]
-        where = f"{int(np.prod(lead_shape))} slices" if lead_shape else "whole image"
+        where = f"{int(np.prod(lead_shape))} slices" if lead_shape else ""
     if visible_only:
-        where += f", visible region {y1 - y0} x {x1 - x0} at ({y0}, {x0})"
+        level = " of the full-resolution level" if layer.multiscale else ""
+        region = f"visible region {y1 - y0} x {x1 - x0} px at (y {y0}, x {x0}){level}"
+        where = f"{where}, {region}" if where else region
+    else:
+        whole = f"whole {'plane' if lead_shape else 'image'} {h} x {w} px"
+        where = f"{where}, {whole}" if where else whole
     if rgb and data.shape[-1] == 4:
         data = data[..., :3]
     return ImageRegion(data, rgb, lead_index, (y0, x0), lead_shape, where)
