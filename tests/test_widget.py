@@ -344,3 +344,271 @@ def test_closing_napari_during_finetune(make_napari_viewer, qtbot, tmp_path):
     assert not list(user_models_dir().glob(".*.tmp"))
     store = ExampleStore(tmp_path / "examples")
     assert len(store.load()) == 1
+
+
+# ---------------------------------------------------------------- a pathologist's first hour
+
+
+def _open_file(viewer, path: Path, image: np.ndarray):
+    """Save ``image`` as a PNG and open it as a person does (File > Open), so the layer
+    knows its source file."""
+    import imageio.v3 as iio
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    iio.imwrite(path, image)
+    viewer.open(str(path), plugin="napari")
+    layer = viewer.layers[path.stem]
+    assert layer.source.path is not None
+    return layer
+
+
+def test_nuclei_are_bright_thick_outlines_and_the_brush_paints_a_new_id(make_napari_viewer, qtbot):
+    path = _make_model()
+    viewer, widget = _widget(make_napari_viewer, qtbot, path, _blobs())
+    panel = widget.segment_panel
+    _segment(qtbot, panel)
+    layer = panel.labels_layer
+    # readable on H&E: 2 px outlines, nearly opaque, only light saturated colours
+    assert layer.contour >= 2 and layer.opacity >= 0.8
+    assert panel.outlines_button.isChecked()
+    colours = np.asarray(layer.colormap.map(np.arange(1, 60)))
+    assert (colours[:, 3] == 1).all()
+    luminance = colours[:, :3] @ np.array([0.2126, 0.7152, 0.0722])
+    assert luminance.min() >= 0.5, "no dark blue or purple outlines"
+    assert layer.colormap.map(np.array([0]))[0][3] == 0, "the background stays transparent"
+
+    # the brush paints a new object, with a new id, in a bright colour as well
+    before = layer.data.copy()
+    new = layer.selected_label
+    assert new > before.max()
+    layer.brush_size = 5
+    layer.paint((96, 96), new)
+    assert layer.data[96, 96] == new
+    untouched = layer.data != new
+    np.testing.assert_array_equal(layer.data[untouched], before[untouched])
+    assert np.asarray(layer.colormap.map(np.array([new])))[0, :3] @ np.array([0.2126, 0.7152, 0.0722]) >= 0.5
+
+    # the quick toggle: filled, then outlines again; the ids in the data never change
+    data = layer.data.copy()
+    panel.filled_button.click()
+    assert layer.contour == 0 and layer.opacity < 0.8
+    panel.outlines_button.click()
+    assert layer.contour >= 2 and layer.opacity >= 0.8
+    np.testing.assert_array_equal(layer.data, data)
+    # napari's own contour control keeps the toggle in step
+    layer.contour = 0
+    assert panel.filled_button.isChecked()
+
+
+def test_drawn_rectangle_adds_an_example(make_napari_viewer, qtbot, tmp_path, notes):
+    path = _make_model()
+    viewer = make_napari_viewer(show=False)
+    viewer.add_image(_blobs(192, seed=3), name="tissue", rgb=True, scale=(0.5, 0.5))  # 0.5 um / px
+    widget = MiniNetWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Mini-Net")
+    panel, learn = widget.segment_panel, widget.learn_panel
+    panel.select_model(path)
+    _segment(qtbot, panel)
+    learn.open_store(tmp_path / "examples")
+    learn.scope_combo.setCurrentIndex(learn.scope_combo.findData("rectangle"))
+    shapes = viewer.layers["Mini-Net example region"]
+    assert viewer.layers.selection.active is shapes and shapes.mode == "add_rectangle"
+    # the user drags from world (10, 15) to (60, 75): image pixels (20, 30) to (120, 150)
+    corners = np.array([shapes.world_to_data(p) for p in ([10.0, 15.0], [60.0, 75.0])])
+    shapes.add_rectangles(corners)
+    qtbot.mouseClick(learn.add_button, Qt.LeftButton)
+    assert not notes["error"], notes["error"]
+    assert len(learn.store) == 1
+    record = learn.store.records[0]
+    assert tuple(record.box) == (20, 120, 30, 150)
+    assert tuple(record.shape[:2]) == (100, 120)
+
+
+def test_export_measurements_of_all_slices_has_a_slice_column(make_napari_viewer, qtbot, tmp_path, notes,
+                                                               monkeypatch):
+    import csv
+
+    from qtpy.QtWidgets import QFileDialog
+
+    path = _make_model()
+    stack = np.stack([_blobs(96, seed=s)[..., 0] for s in range(3)])
+    viewer, widget = _widget(make_napari_viewer, qtbot, path, stack)
+    panel = widget.segment_panel
+    panel.slices_combo.setCurrentIndex(1)  # all slices
+    _segment(qtbot, panel)
+    data = np.zeros(stack.shape, np.uint32)
+    data[0, 10:20, 10:20] = 1
+    data[2, 30:40, 30:45] = 1
+    data[2, 60:70, 60:70] = 2
+    panel.labels_layer.data = data
+    out = tmp_path / "stack.csv"
+    monkeypatch.setattr(QFileDialog, "getSaveFileName", staticmethod(lambda *a, **k: (str(out), "")))
+    qtbot.mouseClick(panel.export_button, Qt.LeftButton)
+    assert not notes["error"], notes["error"]
+    rows = list(csv.DictReader(out.read_text().splitlines()))
+    assert [(r["slice"], r["label"], float(r["area"])) for r in rows] == [
+        ("0", "1", 100.0), ("2", "1", 150.0), ("2", "2", 100.0)]
+
+
+def test_removing_the_image_during_segmentation_discards_the_result(make_napari_viewer, qtbot, notes):
+    path = _make_model(tile_size=128, tile_overlap=32)
+    viewer, widget = _widget(make_napari_viewer, qtbot, path, np.tile(_blobs(256), (4, 4, 1)))
+    panel = widget.segment_panel
+    qtbot.mouseClick(panel.run_button, Qt.LeftButton)
+    qtbot.waitUntil(lambda: panel.progress_bar.value() >= 1, timeout=30_000)
+    viewer.layers.remove("tissue")
+    _wait_idle(qtbot, panel)
+    assert len(viewer.layers) == 0, [layer.name for layer in viewer.layers]
+    assert panel.labels_layer is None
+    assert any("removed" in m and "discarded" in m for m in notes["warning"]), notes
+    assert not notes["error"], notes["error"]
+
+
+def test_discarding_corrections_resets_the_edit_counter(make_napari_viewer, qtbot, monkeypatch):
+    path = _make_model()
+    viewer, widget = _widget(make_napari_viewer, qtbot, path, _blobs())
+    panel, learn = widget.segment_panel, widget.learn_panel
+    _segment(qtbot, panel)
+    layer = panel.labels_layer
+    layer.brush_size = 10
+    layer.paint((50, 50), layer.selected_label)
+    qtbot.waitUntil(lambda: learn.edited_label.text().startswith("You changed"), timeout=5_000)
+    asked = []
+    monkeypatch.setattr(common, "confirm", lambda *a: asked.append(a[1]) or True)
+    target = 30 if panel.threshold_slider.value() != 30 else 70
+    panel.threshold_slider.setValue(target)
+    qtbot.waitUntil(lambda: panel.result.threshold == target / 100 and panel.relabel_worker is None, timeout=10_000)
+    assert asked == ["Discard corrections?"]
+    qtbot.waitUntil(lambda: learn.edited_label.text() == "No corrections yet.", timeout=5_000)
+
+
+def test_visible_region_of_a_multiscale_image_is_described_as_such(make_napari_viewer, qtbot, notes):
+    path = _make_model()
+    big = np.tile(_blobs(256), (2, 2, 1))
+    viewer = make_napari_viewer(show=False)
+    viewer.add_image([big, big[::2, ::2]], name="slide", rgb=True, multiscale=True)
+    widget = MiniNetWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Mini-Net")
+    panel = widget.segment_panel
+    panel.select_model(path)
+    panel.region_combo.setCurrentIndex(panel.region_combo.findData(True))
+    _segment(qtbot, panel)
+    assert not notes["error"], notes["error"]
+    described = panel.progress_bar.toolTip()
+    assert "visible region" in described and "whole image" not in described, described
+    # and the plain case says what it is
+    panel.region_combo.setCurrentIndex(panel.region_combo.findData(False))
+    _segment(qtbot, panel)
+    assert "whole image 512 x 512" in panel.progress_bar.toolTip()
+
+
+def test_export_dialog_opens_beside_the_image_file(make_napari_viewer, qtbot, tmp_path, notes, monkeypatch):
+    from qtpy.QtWidgets import QFileDialog
+
+    path = _make_model()
+    viewer = make_napari_viewer(show=False)
+    slides = tmp_path / "slides"
+    _open_file(viewer, slides / "case1.png", _blobs())
+    widget = MiniNetWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Mini-Net")
+    panel = widget.segment_panel
+    panel.select_model(path)
+    _segment(qtbot, panel)
+    offered = []
+
+    def fake_dialog(parent, title, default, filters):
+        offered.append(Path(default))
+        return str(tmp_path / "out.csv"), ""
+
+    monkeypatch.setattr(QFileDialog, "getSaveFileName", staticmethod(fake_dialog))
+    qtbot.mouseClick(panel.export_button, Qt.LeftButton)
+    assert offered and offered[0].parent == slides, offered
+    assert (tmp_path / "out.csv").is_file(), notes
+
+
+def test_examples_of_a_new_image_go_to_its_own_folder(make_napari_viewer, qtbot, tmp_path, notes):
+    path = _make_model()
+    viewer = make_napari_viewer(show=False)
+    first = _open_file(viewer, tmp_path / "a" / "first.png", _blobs(128, seed=1))
+    second = _open_file(viewer, tmp_path / "b" / "second.png", _blobs(128, seed=2))
+    widget = MiniNetWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Mini-Net")
+    panel, learn = widget.segment_panel, widget.learn_panel
+    panel.select_model(path)
+
+    viewer.layers.selection.active = first
+    _segment(qtbot, panel)
+    qtbot.mouseClick(learn.add_button, Qt.LeftButton)
+    assert learn.store.folder == tmp_path / "a" / "first_minenet_examples"
+
+    viewer.layers.selection.active = second
+    _segment(qtbot, panel)
+    new_folder = tmp_path / "b" / "second_minenet_examples"
+    assert any(str(new_folder) in m for m in notes["info"]), notes["info"]
+    assert learn.examples_list.count() == 0
+    qtbot.mouseClick(learn.add_button, Qt.LeftButton)
+    assert learn.store.folder == new_folder and len(learn.store) == 1
+    assert len(ExampleStore(tmp_path / "a" / "first_minenet_examples")) == 1
+
+    # back to the first image: its own folder again, with its example listed
+    viewer.layers.selection.active = first
+    _segment(qtbot, panel)
+    assert learn.folder_edit.text() == str(tmp_path / "a" / "first_minenet_examples")
+    assert learn.examples_list.count() == 1
+
+    # a folder the user chose stays, whatever image comes next
+    learn.open_store(tmp_path / "project")
+    viewer.layers.selection.active = second
+    _segment(qtbot, panel)
+    assert learn.store.folder == tmp_path / "project"
+    assert not notes["error"], notes["error"]
+
+
+def test_loss_plot_has_labelled_axes(qtbot):
+    from napari_minenet._learn_panel import LossPlot
+
+    plot = LossPlot()
+    qtbot.addWidget(plot)
+    plot.resize(300, 110)
+    empty = plot.axis_labels()
+    assert (empty["x"], empty["y"]) == ("step", "loss")
+    for loss in (0.9, 0.7, 0.5, 0.45):
+        plot.add_step(loss)
+    plot.add_held_out(0.6)
+    labels = plot.axis_labels()
+    assert labels["x_ticks"] == ("1", "4")
+    assert labels["y_ticks"] == ("0.45", "0.9")
+    # the tick labels are drawn left of the plot area, at its top and bottom
+    image = plot.grab().toImage()
+    gutter = np.array([[image.pixelColor(x, y).lightness() for x in range(0, 24)] for y in range(image.height())])
+    background = np.median(gutter)
+    rows_with_text = np.flatnonzero((np.abs(gutter - background) > 60).any(axis=1))
+    assert rows_with_text.size and rows_with_text.min() < 40 and rows_with_text.max() > 60, rows_with_text
+
+
+def test_dock_fits_a_1000_px_screen(make_napari_viewer, qtbot):
+    path = _make_model()
+    viewer, widget = _widget(make_napari_viewer, qtbot, path, _blobs())
+    content = widget.scroll_area.widget()
+    # napari's menu, status bar and the dock title take about 120 px of a 1000 px screen
+    assert content.sizeHint().height() <= 870, content.sizeHint()
+    assert content.minimumSizeHint().width() <= widget.minimumWidth(), content.minimumSizeHint()
+    models = widget.sections["models"]
+    assert not models.is_expanded()
+    qtbot.mouseClick(models.toggle, Qt.LeftButton)
+    assert models.is_expanded() and not models.frame.isHidden()
+
+
+def test_progress_bar_shows_tiles_and_time_left(make_napari_viewer, qtbot):
+    import re
+
+    path = _make_model(tile_size=128, tile_overlap=32)
+    viewer, widget = _widget(make_napari_viewer, qtbot, path, np.tile(_blobs(256), (4, 4, 1)))
+    panel = widget.segment_panel
+    qtbot.mouseClick(panel.run_button, Qt.LeftButton)
+    assert panel.progress_bar.text(), "a busy bar shows no text"
+    qtbot.waitUntil(lambda: panel.progress_bar.value() >= 3, timeout=30_000)
+    text = panel.progress_bar.text()
+    assert re.fullmatch(r"\d+ / \d+ tiles, ~\d+ (s|min) left", text), text
+    qtbot.mouseClick(panel.cancel_button, Qt.LeftButton)
+    _wait_idle(qtbot, panel)

@@ -7,6 +7,7 @@ Only layers, controls and threads live here; the examples folder is
 from __future__ import annotations
 
 import threading
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +15,8 @@ import napari
 import numpy as np
 from napari.qt.threading import create_worker
 from napari.utils import progress as napari_progress
-from qtpy.QtCore import QPointF, Qt, Signal
-from qtpy.QtGui import QColor, QPainter, QPen
+from qtpy.QtCore import QPointF, QRectF, Qt, Signal
+from qtpy.QtGui import QColor, QPainter, QPalette, QPen
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -46,11 +47,14 @@ RECTANGLE_LAYER = "Mini-Net example region"
 
 
 class LossPlot(QWidget):
-    """A small live plot of the training loss (and held-out loss as dots)."""
+    """A small live plot of the training loss (line) and the held-out loss (dots), with
+    labelled axes: step on x, loss on y, the min / max of each as tick labels."""
+
+    X_TITLE, Y_TITLE = "step", "loss"
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.setMinimumHeight(70)
+        self.setMinimumHeight(96)
         self.train: list[float] = []
         self.held_out: list[tuple[int, float]] = []
 
@@ -66,32 +70,76 @@ class LossPlot(QWidget):
         self.held_out.append((len(self.train), loss))
         self.update()
 
+    def _limits(self) -> tuple[float, float, int] | None:
+        values = self.train + [v for _, v in self.held_out]
+        if not values:
+            return None
+        lo, hi = min(values), max(values)
+        return lo, (hi if hi > lo else lo + 1e-6), max(1, len(self.train), *(i for i, _ in self.held_out))
+
+    def axis_labels(self) -> dict[str, Any]:
+        """What the axes show: titles and (low, high) tick labels (empty before the first step)."""
+        limits = self._limits()
+        if limits is None:
+            return {"x": self.X_TITLE, "y": self.Y_TITLE, "x_ticks": ("", ""), "y_ticks": ("", "")}
+        lo, hi, n = limits
+        return {"x": self.X_TITLE, "y": self.Y_TITLE, "x_ticks": ("1", str(n)),
+                "y_ticks": (f"{lo:.3g}", f"{max(self.train + [v for _, v in self.held_out]):.3g}")}
+
     def paintEvent(self, event: Any) -> None:  # noqa: N802 - Qt API
         painter = QPainter(self)
         painter.setRenderHint(QPainter.Antialiasing)
-        rect = self.rect().adjusted(4, 4, -4, -14)
-        painter.setPen(QPen(QColor(120, 120, 120), 1))
-        painter.drawRect(rect)
-        values = self.train + [v for _, v in self.held_out]
-        if len(values) < 2:
-            painter.drawText(rect, Qt.AlignCenter, "loss")
+        font = painter.font()
+        font.setPointSizeF(max(6.0, font.pointSizeF() * 0.85))
+        painter.setFont(font)
+        metrics = painter.fontMetrics()
+        text_h = metrics.height()
+        labels = self.axis_labels()
+        y_ticks, x_ticks = labels["y_ticks"], labels["x_ticks"]
+        left = 6 + max(metrics.horizontalAdvance(t) for t in (*y_ticks, labels["y"]))
+        plot = QRectF(left, text_h + 2, self.width() - left - 8, self.height() - 2 * text_h - 6)
+        text_colour = self.palette().color(QPalette.WindowText)  # readable in napari's dark and light themes
+        axis_pen = QPen(QColor(150, 150, 150), 1)
+        text_pen = QPen(text_colour, 1)
+        painter.setPen(axis_pen)
+        painter.drawLine(plot.bottomLeft(), plot.topLeft())
+        painter.drawLine(plot.bottomLeft(), plot.bottomRight())
+        painter.setPen(text_pen)
+        # axis titles: "loss" above the y axis, "step" under the middle of the x axis
+        painter.drawText(QRectF(0, 0, left + 40, text_h), Qt.AlignLeft | Qt.AlignVCenter, labels["y"])
+        below = QRectF(plot.left(), plot.bottom() + 2, plot.width(), text_h)
+        painter.drawText(below, Qt.AlignHCenter | Qt.AlignTop, labels["x"])
+        # legend, top right
+        legend = QRectF(left + 40, 0, self.width() - left - 48, text_h)
+        painter.setPen(QPen(QColor(255, 190, 60), 1))
+        painter.drawText(legend, Qt.AlignRight | Qt.AlignVCenter, "\u25cf held-out")
+        held_w = metrics.horizontalAdvance("\u25cf held-out") + 10
+        painter.setPen(QPen(QColor(90, 170, 255), 1))
+        painter.drawText(legend.adjusted(0, 0, -held_w, 0), Qt.AlignRight | Qt.AlignVCenter, "\u2014 training")
+        limits = self._limits()
+        painter.setPen(text_pen)
+        if limits is None:
+            painter.drawText(plot, Qt.AlignCenter, "the loss appears here during fine-tuning")
             return
-        lo, hi = min(values), max(values)
-        hi = hi if hi > lo else lo + 1e-6
-        n = max(2, len(self.train))
+        # tick labels: max at the top and min at the bottom of y; first and last step on x
+        painter.drawText(QRectF(0, plot.top() - text_h / 2, left - 4, text_h), Qt.AlignRight | Qt.AlignVCenter,
+                         y_ticks[1])
+        painter.drawText(QRectF(0, plot.bottom() - text_h / 2, left - 4, text_h), Qt.AlignRight | Qt.AlignVCenter,
+                         y_ticks[0])
+        painter.drawText(below, Qt.AlignLeft | Qt.AlignTop, x_ticks[0])
+        painter.drawText(below, Qt.AlignRight | Qt.AlignTop, x_ticks[1])
+        lo, hi, n = limits
 
-        def point(i: float, v: float) -> QPointF:
-            return QPointF(rect.left() + rect.width() * i / (n - 1), rect.bottom() - rect.height() * (v - lo) / (hi - lo))
+        def point(step: float, v: float) -> QPointF:  # step counts from 1
+            x = plot.left() + plot.width() * ((step - 1) / (n - 1) if n > 1 else 0.5)
+            return QPointF(x, plot.bottom() - plot.height() * (v - lo) / (hi - lo))
 
         painter.setPen(QPen(QColor(90, 170, 255), 1.5))
         for i in range(1, len(self.train)):
-            painter.drawLine(point(i - 1, self.train[i - 1]), point(i, self.train[i]))
+            painter.drawLine(point(i, self.train[i - 1]), point(i + 1, self.train[i]))
         painter.setPen(QPen(QColor(255, 190, 60), 5))
         for i, v in self.held_out:
-            painter.drawPoint(point(max(0, i - 1), v))
-        painter.setPen(QPen(QColor(170, 170, 170), 1))
-        painter.drawText(self.rect().adjusted(4, 0, -4, 0), Qt.AlignBottom | Qt.AlignLeft,
-                         f"loss (blue: training, orange: held-out)  {values[-1]:.3f}")
+            painter.drawPoint(point(max(1, i), v))
 
 
 class LearnPanel(QWidget):
@@ -104,6 +152,10 @@ class LearnPanel(QWidget):
         self.viewer = viewer
         self.segment_panel = segment_panel
         self.store: ExampleStore | None = None
+        #: the examples folder this panel suggested for the last image (None once the user
+        #: chose one: then it stays, whatever image is segmented next)
+        self._auto_folder: str | None = None
+        self._watched_layers: weakref.WeakSet = weakref.WeakSet()
         self.worker = None
         self._cancel_event = threading.Event()
         self._pause_event = threading.Event()
@@ -113,10 +165,11 @@ class LearnPanel(QWidget):
         self.config_overrides: dict[str, Any] = {}
 
         self.hint = QLabel(
-            "Correct the labels: paint missing objects with the brush, remove wrong ones with the eraser "
-            "(or fill with 0). Then add the corrected area as a training example."
+            "Brush in missed objects, erase wrong ones; then add the corrected area."
         )
         self.hint.setWordWrap(True)
+        self.hint.setToolTip("The brush paints a new label by default; the eraser, or the fill tool with "
+                             "label 0, removes an object. Each added example is saved to disk at once.")
         self.edited_label = QLabel("No corrections yet.")
         self.folder_edit = QLineEdit()
         self.folder_edit.setPlaceholderText("examples folder (chosen when you add the first example)")
@@ -126,16 +179,21 @@ class LearnPanel(QWidget):
         self.scope_combo.addItem("Whole image", "image")
         self.scope_combo.addItem("Visible region", "view")
         self.scope_combo.addItem("Drawn rectangle", "rectangle")
+        self.scope_combo.setToolTip("What to keep as the example: the whole image, the part on the canvas, "
+                                    "or a rectangle you draw")
         self.add_button = QPushButton("Add as training example")
         self.examples_list = QListWidget()
-        self.examples_list.setMaximumHeight(110)
+        self.examples_list.setMaximumHeight(56)
         self.count_label = QLabel("0 examples")
         self.remove_button = QPushButton("Remove")
         self.budget_spin = QSpinBox()
         self.budget_spin.setRange(5, 3600)
         self.budget_spin.setValue(60)
         self.budget_spin.setSuffix(" s")
-        self.resegment_check = QCheckBox("Re-segment the image when done")
+        self.budget_spin.setMinimumWidth(88)
+        self.budget_spin.setMaximumWidth(120)
+        self.resegment_check = QCheckBox("Re-segment")
+        self.resegment_check.setToolTip("Segment the image again with the new version when it is kept")
         self.resegment_check.setChecked(True)
         self.finetune_button = QPushButton("Fine-tune")
         self.finetune_button.setMinimumHeight(32)
@@ -153,13 +211,14 @@ class LearnPanel(QWidget):
 
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(4)
         layout.addWidget(self.hint)
         layout.addWidget(self.edited_label)
         folder_row = QHBoxLayout()
         folder_row.addWidget(self.folder_edit)
         folder_row.addWidget(self.folder_button)
         form = QFormLayout()
-        form.addRow("Examples folder", folder_row)
+        form.addRow("Folder", folder_row)
         form.addRow("Add", self.scope_combo)
         layout.addLayout(form)
         layout.addWidget(self.add_button)
@@ -169,10 +228,11 @@ class LearnPanel(QWidget):
         list_row.addWidget(self.remove_button)
         layout.addWidget(self.examples_list)
         layout.addLayout(list_row)
-        tune_form = QFormLayout()
-        tune_form.addRow("Time budget", self.budget_spin)
-        layout.addLayout(tune_form)
-        layout.addWidget(self.resegment_check)
+        tune_row = QHBoxLayout()
+        tune_row.addWidget(QLabel("Time budget"))
+        tune_row.addWidget(self.budget_spin)
+        tune_row.addWidget(self.resegment_check, 1)
+        layout.addLayout(tune_row)
         buttons = QHBoxLayout()
         buttons.addWidget(self.finetune_button, 2)
         buttons.addWidget(self.pause_button, 1)
@@ -185,6 +245,7 @@ class LearnPanel(QWidget):
         self._edit_timer = common.debounce(self, 300, self._update_edited)
 
         self.folder_button.clicked.connect(self._choose_folder)
+        self.folder_edit.textEdited.connect(lambda _: setattr(self, "_auto_folder", None))  # typed by the user
         self.folder_edit.editingFinished.connect(lambda: self.open_store(self.folder_edit.text()))
         self.scope_combo.currentIndexChanged.connect(self._on_scope_changed)
         self.add_button.clicked.connect(self.add_example)
@@ -193,17 +254,35 @@ class LearnPanel(QWidget):
         self.pause_button.toggled.connect(self._on_pause)
         self.cancel_button.clicked.connect(self.cancel)
         segment_panel.segmented.connect(self._on_segmented)
+        segment_panel.relabelled.connect(lambda _: self._update_edited())
         self._refresh_list()
 
     # ------------------------------------------------------------------ corrections
 
     def _on_segmented(self, layer) -> None:
         self.edited_label.setText("No corrections yet.")
-        layer.events.paint.connect(lambda _: self._edit_timer.start())
-        if self.store is None and not self.folder_edit.text():
-            image = self.segment_panel.source_layer
-            source = getattr(getattr(image, "source", None), "path", None) if image is not None else None
-            self.folder_edit.setText(str(default_examples_folder(source, image.name if image else "image")))
+        if layer not in self._watched_layers:  # a re-segmented image reuses its labels layer
+            self._watched_layers.add(layer)
+            layer.events.paint.connect(lambda _: self._edit_timer.start())
+        image = self.segment_panel.source_layer
+        source = getattr(getattr(image, "source", None), "path", None) if image is not None else None
+        name = image.name if image is not None else "image"
+        suggested = str(default_examples_folder(source, name))
+        current = str(self.store.folder) if self.store is not None else self.folder_edit.text()
+        if not current:
+            self._auto_folder = suggested
+            self.folder_edit.setText(suggested)
+        elif current == self._auto_folder and suggested != current:
+            # a different image, and the folder was only our suggestion for the previous one
+            self._auto_folder = suggested
+            self.store = None
+            self.folder_edit.setText(suggested)
+            if (Path(suggested) / "examples.json").is_file():
+                self.open_store(suggested)  # lists the examples already made from this image
+            else:
+                self._refresh_list()
+            common.notify_info(f"Examples of '{name}' now go to {suggested} (the earlier ones stay in {current}). "
+                               "Choose a folder with '...' to keep every image's examples together.")
 
     def edited_pixels(self) -> int | None:
         """Pixels of the labels layer that differ from the prediction."""
@@ -228,11 +307,14 @@ class LearnPanel(QWidget):
     def _choose_folder(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Folder for training examples", self.folder_edit.text())
         if folder:
+            self._auto_folder = None  # chosen: it stays for the next images
             self.open_store(folder)
 
     def open_store(self, folder: str | Path) -> ExampleStore | None:
         if not str(folder):
             return None
+        if str(folder) != self._auto_folder:  # a folder other than the one suggested
+            self._auto_folder = None
         try:
             self.store = ExampleStore(folder)
         except InputError as exc:
@@ -269,8 +351,10 @@ class LearnPanel(QWidget):
             if shapes is None or len(shapes.data) == 0:
                 raise InputError("Draw a rectangle first (a Shapes layer named "
                                  f"'{RECTANGLE_LAYER}' was added for it).")
-            world = shapes.data_to_world(np.asarray(shapes.data[-1]))
-            corners = np.array([labels_layer.world_to_data(p) for p in world])[:, -2:]
+            # one corner at a time: given an (N, D) array, napari's data_to_world reads it as a
+            # single position and returns its last D rows (two points for a rectangle)
+            world = [shapes.data_to_world(corner) for corner in np.asarray(shapes.data[-1])]
+            corners = np.array([labels_layer.world_to_data(p) for p in world], dtype=float)[:, -2:]
             y0, x0 = np.floor(corners.min(axis=0)).astype(int)
             y1, x1 = np.ceil(corners.max(axis=0)).astype(int)
             y0, x0, y1, x1 = max(0, y0), max(0, x0), min(h, y1), min(w, x1)

@@ -30,7 +30,7 @@ class ModelsPanel(QWidget):
         self.tree = QTreeWidget()
         self.tree.setHeaderLabels(["Model", "Score", "Parent"])
         self.tree.setRootIsDecorated(False)
-        self.tree.setMaximumHeight(140)
+        self.tree.setMaximumHeight(96)
         self.use_button = QPushButton("Use")
         self.revert_button = QPushButton("Revert to parent")
         self.export_button = QPushButton("Export ONNX...")

@@ -6,7 +6,10 @@ Only layers, controls and threads live here; segmentation itself is
 
 from __future__ import annotations
 
+import csv
+import io
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +19,7 @@ from napari.qt.threading import create_worker
 from napari.utils import progress as napari_progress
 from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import (
+    QButtonGroup,
     QCheckBox,
     QComboBox,
     QFileDialog,
@@ -24,6 +28,7 @@ from qtpy.QtWidgets import (
     QLabel,
     QProgressBar,
     QPushButton,
+    QRadioButton,
     QSlider,
     QSpinBox,
     QVBoxLayout,
@@ -33,17 +38,39 @@ from qtpy.QtWidgets import (
 from . import _qt_common as common
 from ._layer_data import ImageRegion, image_region, layer_lead_shape
 from .data import InputError
+from .files import atomic_write_bytes
 from .inference import Cancelled, device_report
-from .segmentation import SegmentationResult, StackResult, save_measurements, segment, segment_stack, summarize
+from .segmentation import SegmentationResult, StackResult, measure, segment, segment_stack, summarize
 from .zoo import ModelLoadError, SegmentationModel, load_model
 
 EXPECTED_ERRORS = (InputError, ModelLoadError, Cancelled, RuntimeError, ValueError, MemoryError, OSError)
+
+#: label colours: bright and saturated, readable on pink/purple H&E, brown/blue IHC and
+#: dark fundus backgrounds alike (never the dark blues and purples of napari's random map)
+BRIGHT_COLOURS = ("#ffff00", "#00ff40", "#00ffff")
+OUTLINE_WIDTH = 2  # px of the data: 3 screen px at zoom 1.5
+OUTLINE_OPACITY = 0.9
+FILLED_OPACITY = 0.55
+
+
+def label_colormap(instances: bool):
+    """Cyclic map: 0 transparent, every other id one of the bright colours (a new id painted
+    with the brush gets one too); semantic labels are all cyan."""
+    from napari.utils.colormaps import CyclicLabelColormap
+
+    colours = BRIGHT_COLOURS if instances else ("#00ffff",)
+    return CyclicLabelColormap(colors=["transparent", *colours], name="minenet-bright")
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 99.5 else f"{seconds / 60:.0f} min"
 
 
 class SegmentPanel(QWidget):
     """Controls of the "Segment" section; emits ``segmented`` with the labels layer."""
 
     segmented = Signal(object)  # the Labels layer
+    relabelled = Signal(object)  # the Labels layer, recomputed from the cached probabilities
     model_changed = Signal(object)  # SegmentationModel
 
     def __init__(self, viewer: napari.Viewer, parent: QWidget | None = None) -> None:
@@ -60,6 +87,8 @@ class SegmentPanel(QWidget):
         self._pbar = None
         self._pending_relabel = False
         self._progress_unit = "tiles"
+        self._rate_start: tuple[int, float] | None = None  # (done, time) of the first progress report
+        self._running_layer = None  # the image being segmented
 
         # --- inputs
         self.image_combo = QComboBox()
@@ -78,11 +107,13 @@ class SegmentPanel(QWidget):
         self.slices_combo.addItem("Current slice", False)
         self.slices_combo.addItem("All slices", True)
         self.region_combo = QComboBox()
-        self.region_combo.addItem("Whole image (tiled)", False)
-        self.region_combo.addItem("Visible region only", True)
-        self.region_combo.setToolTip("For very large images: segment only what is on the canvas")
+        self.region_combo.addItem("Whole image", False)
+        self.region_combo.addItem("Visible region", True)
+        self.region_combo.setToolTip("The whole full-resolution image (in tiles), or, for very large images, "
+                                     "only what is on the canvas")
         self.instances_check = QCheckBox("One label per object")
-        self.probability_check = QCheckBox("Also show the probability map")
+        self.probability_check = QCheckBox("Probability map")
+        self.probability_check.setToolTip("Also show the probability map as an image layer")
 
         # --- run
         self.run_button = QPushButton("Segment")
@@ -113,26 +144,53 @@ class SegmentPanel(QWidget):
         self.export_button = QPushButton("Export measurements...")
         self.export_button.setEnabled(False)
 
+        # --- display: outlines (readable on tissue, default for objects) or filled
+        self.outlines_button = QRadioButton("outlines")
+        self.filled_button = QRadioButton("filled")
+        self.display_group = QButtonGroup(self)
+        self.display_group.setExclusive(True)
+        for button in (self.outlines_button, self.filled_button):
+            self.display_group.addButton(button)
+        self.outlines_button.setChecked(True)
+        self.outlines_button.setToolTip(f"Draw each object's outline ({OUTLINE_WIDTH} px, bright colours)")
+        self.filled_button.setToolTip("Fill each object with a semi-transparent colour")
+
+        for combo in (self.image_combo, self.model_picker, self.device_combo, self.slices_combo, self.region_combo):
+            # long layer or model names must not widen the dock past the screen
+            combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+            combo.setMinimumContentsLength(8)
         form = QFormLayout()
         form.addRow("Image", self.image_combo)
         form.addRow("Model", self.model_picker)
         form.addRow("Device", self.device_combo)
-        form.addRow("Stack", self.slices_combo)
-        form.addRow("Region", self.region_combo)
-        form.addRow("", self.instances_check)
-        form.addRow("", self.probability_check)
+        where_row = QHBoxLayout()  # stack: which slices; large images: whole or visible region
+        where_row.addWidget(self.slices_combo)
+        where_row.addWidget(self.region_combo)
+        checks_row = QHBoxLayout()
+        checks_row.addWidget(self.instances_check)
+        checks_row.addWidget(self.probability_check)
+        checks_row.addStretch(1)
         run_row = QHBoxLayout()
         run_row.addWidget(self.run_button, 3)
         run_row.addWidget(self.cancel_button, 1)
         thr_row = QHBoxLayout()
         thr_row.addWidget(self.threshold_slider)
         thr_row.addWidget(self.threshold_label)
+        show_row = QHBoxLayout()
+        show_row.addWidget(self.outlines_button)
+        show_row.addWidget(self.filled_button)
+        show_row.addStretch(1)
         post = QFormLayout()
         post.addRow("Threshold", thr_row)
         post.addRow("Minimum size", self.min_size_spin)
+        post.addRow("Show", show_row)
+        self.slices_combo.setToolTip("Stacks and time series: the slice on the canvas, or every slice")
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(4)
         layout.addLayout(form)
+        layout.addLayout(where_row)
+        layout.addLayout(checks_row)
         layout.addLayout(run_row)
         layout.addWidget(self.progress_bar)
         layout.addLayout(post)
@@ -147,10 +205,12 @@ class SegmentPanel(QWidget):
         self.model_picker.model_selected.connect(self._on_model_selected)
         self.threshold_slider.valueChanged.connect(self._on_threshold_moved)
         self.min_size_spin.valueChanged.connect(lambda _: self._relabel_timer.start())
-        self.export_button.clicked.connect(self.export_measurements)
+        self.export_button.clicked.connect(lambda: self.export_measurements())
+        self.display_group.buttonClicked.connect(lambda _: self.apply_display())
         self.image_combo.currentIndexChanged.connect(self._update_stack_controls)
         viewer.layers.events.inserted.connect(self._refresh_images)
         viewer.layers.events.removed.connect(self._refresh_images)
+        viewer.layers.events.removed.connect(self._on_layer_removed)
         viewer.layers.events.moved.connect(self._refresh_images)
         viewer.layers.selection.events.active.connect(self._follow_active)
         self._refresh_images()
@@ -188,6 +248,11 @@ class SegmentPanel(QWidget):
             if index >= 0:
                 self.image_combo.setCurrentIndex(index)
 
+    def _on_layer_removed(self, event: Any = None) -> None:
+        """The image being segmented was removed: stop at the next tile (the result is discarded)."""
+        if self.worker is not None and getattr(event, "value", None) is self._running_layer:
+            self._cancel_event.set()
+
     def image_layer(self):
         name = self.image_combo.currentText()
         return self.viewer.layers[name] if name and name in self.viewer.layers else None
@@ -214,6 +279,8 @@ class SegmentPanel(QWidget):
         self.run_button.setEnabled(self.worker is None)
         self.run_button.setText(card.button_text)
         self.instances_check.setChecked(card.instances)
+        # objects read best as outlines; a vessel tree or a lesion as a filled area
+        (self.outlines_button if card.instances else self.filled_button).setChecked(True)
         self.min_size_spin.blockSignals(True)
         self.min_size_spin.setValue(card.min_size)
         self.min_size_spin.blockSignals(False)
@@ -273,6 +340,7 @@ class SegmentPanel(QWidget):
                 return common.Failed(exc)
 
         self._progress_unit = "slices" if stack else "tiles"
+        self._running_layer = layer
         self._set_running(True, f"segmenting {layer.name} ({region.description})")
         self._pbar = napari_progress(total=0, desc=f"Mini-Net: {model.card.button_text.lower()} in {layer.name}")
         self.worker = create_worker(job)
@@ -287,9 +355,22 @@ class SegmentPanel(QWidget):
         self.progress_bar.setFormat("cancelling...")
 
     def _on_progress(self, done: int, total: int) -> None:
+        """"12 / 169 tiles, ~40 s left": the time left from the rate since the first report
+        (which the core sends before the first tile, so model loading does not count)."""
+        now = time.monotonic()
+        if self._rate_start is None or done < self._rate_start[0]:
+            self._rate_start = (done, now)
+        done0, t0 = self._rate_start
         self.progress_bar.setMaximum(max(1, total))
-        self.progress_bar.setValue(done)
-        self.progress_bar.setFormat(f"%v / %m {self._progress_unit}")
+        self.progress_bar.setValue(min(done, max(1, total)))
+        text = f"{done} / {total} {self._progress_unit}"
+        if done >= total:
+            text += ", finishing..."
+        elif done > done0 and now > t0:
+            text += f", ~{_duration((now - t0) / (done - done0) * (total - done))} left"
+        else:
+            text += ", estimating time left..."
+        self.progress_bar.setFormat(text)
         if self._pbar is not None:
             if self._pbar.total != total:
                 self._pbar.total = total
@@ -300,13 +381,16 @@ class SegmentPanel(QWidget):
         self.run_button.setEnabled(not running and self.model is not None)
         self.cancel_button.setEnabled(running)
         if running:
+            # not a busy bar: Qt shows no text on one; this text stays until the first tile reports
+            self._rate_start = None
+            self.progress_bar.setMaximum(1)
             self.progress_bar.setValue(0)
-            self.progress_bar.setMaximum(0)  # busy until the first tile reports
-            self.progress_bar.setFormat(message)
+            self.progress_bar.setFormat(f"starting: {message}")
             self.progress_bar.setToolTip(message)
 
     def _on_finished(self) -> None:
         self.worker = None
+        self._running_layer = None
         if self._pbar is not None:
             self._pbar.close()
             self._pbar = None
@@ -314,6 +398,11 @@ class SegmentPanel(QWidget):
 
     def _on_returned(self, out, layer, region: ImageRegion, model: SegmentationModel, name: str) -> None:
         self.progress_bar.setMaximum(100)
+        if layer not in self.viewer.layers:  # the image was removed while it was being segmented
+            self.progress_bar.setValue(0)
+            self.progress_bar.setFormat("image removed")
+            common.notify_warning(f"'{layer.name}' was removed during segmentation; the result was discarded.")
+            return
         if isinstance(out, common.Failed) and isinstance(out.error, Cancelled):
             self.progress_bar.setValue(0)
             self.progress_bar.setFormat("cancelled")
@@ -359,15 +448,13 @@ class SegmentPanel(QWidget):
             target.data = data
             target.scale, target.translate = placement["scale"], placement["translate"]
         else:
-            target = self.viewer.add_labels(data, name=name, opacity=0.5, **placement)
+            target = self.viewer.add_labels(data, name=name, **placement)
             target.events.paint.connect(lambda event, t=target: t.metadata.__setitem__("minenet_edited", True))
+            target.events.contour.connect(lambda event, t=target: self._sync_display_buttons(t))
         instances = self.result is not None and self.result.instances
-        target.contour = 1 if instances else 0
-        if not instances:  # one bright colour that stands out on tissue and fundus alike
-            from napari.utils.colormaps import DirectLabelColormap
-
-            target.colormap = DirectLabelColormap(color_dict={None: "transparent", 0: "transparent", 1: "cyan"})
-            target.opacity = 0.6
+        target.colormap = label_colormap(instances)
+        self.apply_display(target)
+        self._select_new_label(target, instances)
         target.metadata["minenet_edited"] = False
         target.metadata["minenet_model"] = str(self.model.path) if self.model and self.model.path else ""
         target.metadata["minenet_image"] = layer.name
@@ -375,6 +462,26 @@ class SegmentPanel(QWidget):
         target.metadata["minenet_slice"] = region.lead_index
         self.labels_layer = target
         self.viewer.layers.selection.active = target
+
+    def apply_display(self, layer=None) -> None:
+        """Outlines or filled, as chosen with the "Show" buttons, on ``layer`` (default: the
+        current labels layer). Only the display changes: the ids in the data stay distinct."""
+        layer = layer if layer is not None else self.labels_layer
+        if layer is None or layer not in self.viewer.layers:
+            return
+        outlines = self.outlines_button.isChecked()
+        layer.contour = OUTLINE_WIDTH if outlines else 0
+        layer.opacity = OUTLINE_OPACITY if outlines else FILLED_OPACITY
+
+    def _sync_display_buttons(self, layer) -> None:
+        """The contour spin box of napari's layer controls moves the "Show" buttons too."""
+        if layer is self.labels_layer:
+            (self.outlines_button if layer.contour > 0 else self.filled_button).setChecked(True)
+
+    @staticmethod
+    def _select_new_label(layer, instances: bool) -> None:
+        """The brush paints a new object (a new id) by default; the foreground for masks."""
+        layer.selected_label = int(np.max(layer.data, initial=0)) + 1 if instances else 1
 
     def _show_probability(self, layer, region: ImageRegion, name: str, probability: np.ndarray) -> None:
         data = self._full_plane(region, probability, np.float32)
@@ -430,7 +537,9 @@ class SegmentPanel(QWidget):
             return
         layer.data = self._full_plane(self.region, labels, np.uint32)
         layer.metadata["minenet_edited"] = False
+        self._select_new_label(layer, bool(self.result is not None and self.result.instances))
         self._update_summary()
+        self.relabelled.emit(layer)
 
     def _on_relabel_finished(self) -> None:
         self.relabel_worker = None
@@ -447,30 +556,74 @@ class SegmentPanel(QWidget):
         self.summary_label.setText(summarize(self.result.labels, card.object_name, self.result.instances))
         self.export_button.setEnabled(True)
 
+    def _measurement_planes(self, layer) -> list[tuple[tuple[int, ...], np.ndarray, np.ndarray | None]]:
+        """(slice index, 2-D labels, matching image plane or None) for every segmented plane."""
+        labels = np.asarray(layer.data)
+        region = self.region
+        image = np.asarray(region.data) if region is not None else None
+        if region is None or not region.lead_shape:
+            if labels.ndim != 2:
+                raise InputError(f"the labels layer has shape {labels.shape}; measurements need one 2-D plane")
+            ok = image is not None and image.shape[:2] == labels.shape
+            return [((), labels, image if ok else None)]
+        if labels.shape != region.labels_shape:
+            raise InputError(f"the labels layer has shape {labels.shape}, the segmented image "
+                             f"{region.labels_shape}: segment the image again")
+        if region.lead_index is not None:  # one slice segmented
+            ok = image is not None and image.shape[:2] == region.plane_shape
+            return [(region.lead_index, labels[region.lead_index], image if ok else None)]
+        return [(index, labels[index], image[index] if image is not None else None)
+                for index in np.ndindex(*region.lead_shape)]
+
+    def _default_export_path(self, layer) -> Path:
+        """Beside the image file when the image came from one, else in the home folder."""
+        image = self.source_layer
+        source = getattr(getattr(image, "source", None), "path", None) if image is not None else None
+        folder = Path.home()
+        if source:
+            p = Path(source)
+            folder = p.parent if p.suffix or p.is_file() else p
+        return folder / f"{layer.name.replace(' ', '_')}_measurements.csv"
+
     def export_measurements(self, path: str | None = None) -> None:
-        """Per-object measurements of the current labels layer (with the user's edits) to CSV."""
+        """Per-object measurements of the current labels layer (with the user's edits) to CSV;
+        for a stack segmented slice by slice, one row per object and slice (``slice`` column)."""
         layer = self.labels_layer
         if layer is None or layer not in self.viewer.layers:
             common.notify_error("Segment an image first: there are no labels to measure.")
             return
+        try:  # anything that cannot be measured is said before the save dialog opens
+            planes = self._measurement_planes(layer)
+        except InputError as exc:
+            common.notify_error(f"Cannot export measurements: {exc}")
+            return
         if not path:
-            default = str(Path.home() / f"{layer.name.replace(' ', '_')}_measurements.csv")
+            default = str(self._default_export_path(layer))
             path, _ = QFileDialog.getSaveFileName(self, "Export measurements", default, "CSV (*.csv)")
             if not path:
                 return
-        labels = np.asarray(layer.data)
         region = self.region
-        if region is not None and region.lead_index:
-            labels = labels[region.lead_index]
-        image = None
-        if region is not None and region.lead_index is not None and labels.ndim == 2:
-            image = region.data if region.data.shape[: 2] == labels.shape else None
-        if labels.ndim != 2:
-            common.notify_error("Measurements are exported for one 2-D plane; choose 'Current slice'.")
-            return
+        index_names: list[str] = []
+        if region is not None and region.lead_shape:
+            n_lead = len(region.lead_shape)
+            index_names = ["slice"] if n_lead == 1 else [f"slice_{k}" for k in range(n_lead)]
         try:
-            n = save_measurements(path, labels, image)
-        except (OSError, ValueError) as exc:
+            buf = io.StringIO()
+            writer = csv.writer(buf)
+            n, header = 0, False
+            for index, labels, image in planes:
+                table = measure(labels, image)
+                columns = list(table)
+                if not header:
+                    writer.writerow(index_names + columns)
+                    header = True
+                for i in range(len(table[columns[0]]) if columns else 0):
+                    writer.writerow(list(index) + [table[c][i].item() if hasattr(table[c][i], "item") else table[c][i]
+                                                   for c in columns])
+                    n += 1
+            atomic_write_bytes(path, buf.getvalue().encode("utf-8"))
+        except (OSError, ValueError, InputError) as exc:
             common.notify_error(f"Could not write {path}: {exc}")
             return
-        common.notify_info(f"Saved measurements of {n} objects to {path}")
+        where = f" in {len(planes)} slices" if len(planes) > 1 else ""
+        common.notify_info(f"Saved measurements of {n} objects{where} to {path}")

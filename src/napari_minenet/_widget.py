@@ -8,18 +8,48 @@ headless core (segmentation, finetuning, zoo) in a napari thread worker.
 from __future__ import annotations
 
 import napari
-from qtpy.QtWidgets import QApplication, QGroupBox, QScrollArea, QVBoxLayout, QWidget
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import QApplication, QFrame, QScrollArea, QSizePolicy, QToolButton, QVBoxLayout, QWidget
 
 from ._learn_panel import LearnPanel
 from ._models_panel import ModelsPanel
 from ._segment_panel import SegmentPanel
 
 
-def _section(title: str, body: QWidget) -> QGroupBox:
-    box = QGroupBox(title)
-    layout = QVBoxLayout(box)
-    layout.addWidget(body)
-    return box
+class Section(QWidget):
+    """A titled section whose body folds away with a click on the title (keeps the dock
+    short enough for a 1000 px screen)."""
+
+    def __init__(self, title: str, body: QWidget, expanded: bool = True, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.toggle = QToolButton()
+        self.toggle.setText(title)
+        self.toggle.setCheckable(True)
+        self.toggle.setToolButtonStyle(Qt.ToolButtonTextBesideIcon)
+        self.toggle.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Fixed)
+        self.toggle.setStyleSheet("QToolButton { border: none; font-weight: bold; text-align: left; }")
+        self.toggle.setToolTip("Show or hide this section")
+        self.frame = QFrame()
+        self.frame.setFrameShape(QFrame.StyledPanel)
+        inner = QVBoxLayout(self.frame)
+        inner.setContentsMargins(6, 4, 6, 6)
+        inner.addWidget(body)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(0)
+        layout.addWidget(self.toggle)
+        layout.addWidget(self.frame)
+        self.toggle.toggled.connect(self.set_expanded)
+        self.toggle.setChecked(expanded)
+        self.set_expanded(expanded)
+
+    def set_expanded(self, expanded: bool) -> None:
+        self.toggle.setChecked(expanded)
+        self.toggle.setArrowType(Qt.DownArrow if expanded else Qt.RightArrow)
+        self.frame.setVisible(expanded)
+
+    def is_expanded(self) -> bool:
+        return self.toggle.isChecked()
 
 
 class MiniNetWidget(QWidget):
@@ -32,12 +62,21 @@ class MiniNetWidget(QWidget):
 
         content = QWidget()
         layout = QVBoxLayout(content)
+        layout.setContentsMargins(6, 4, 6, 4)
+        layout.setSpacing(6)
         self.learn_panel = LearnPanel(napari_viewer, self.segment_panel, self)
         self.models_panel = ModelsPanel(self.segment_panel, self)
-        layout.addWidget(_section("1. Segment", self.segment_panel))
-        layout.addWidget(_section("2. Correct && learn", self.learn_panel))
-        layout.addWidget(_section("3. Models", self.models_panel))
+        # the model list is needed least often: folded until a new version is saved
+        self.sections = {
+            "segment": Section("1. Segment", self.segment_panel),
+            "learn": Section("2. Correct && learn", self.learn_panel),
+            "models": Section("3. Models", self.models_panel, expanded=False),
+        }
+        for section in self.sections.values():
+            layout.addWidget(section)
         layout.addStretch(1)
+        self.learn_panel.finetuned.connect(
+            lambda result: self.sections["models"].set_expanded(True) if getattr(result, "accepted", False) else None)
         self.scroll_area = QScrollArea()
         self.scroll_area.setWidgetResizable(True)
         self.scroll_area.setWidget(content)
