@@ -249,3 +249,110 @@ def test_training_example_checks_shapes():
     TrainingExample("ok", image, np.zeros((20, 20), bool))
     with pytest.raises(InputError, match="example 'bad': labels is"):
         TrainingExample("bad", image, np.zeros((20, 20), bool), labels=np.zeros((10, 20), np.uint16))
+
+
+# --------------------------------------------------------------------------- unreadable and hostile files
+
+
+def test_an_empty_file_named_png_says_it_is_empty(tmp_path):
+    path = tmp_path / "empty.png"
+    path.write_bytes(b"")
+    with pytest.raises(InputError, match=r"empty \(0 bytes\), not an image") as info:
+        read_image(path)
+    assert "pip" not in str(info.value)
+
+
+def test_a_text_file_named_png_is_not_a_readable_image(tmp_path):
+    path = tmp_path / "notes.png"
+    path.write_text("this is not an image\n")
+    with pytest.raises(InputError, match="not a readable PNG image") as info:
+        read_image(path)
+    assert "pip" not in str(info.value) and "pyav" not in str(info.value)
+
+
+def test_a_five_channel_tiff_names_its_shape(tmp_path):
+    tifffile.imwrite(tmp_path / "c5.tif", np.zeros((64, 64, 5), np.uint8) + np.arange(5, dtype=np.uint8))
+    with pytest.raises(InputError, match=r"shape \(64, 64, 5\): an image with 5 channels.*expected grey"):
+        read_image(tmp_path / "c5.tif")
+
+
+def _tiff_claiming(path, height: int, width: int) -> None:
+    """A tiny deflate TIFF whose header claims ``height`` x ``width`` pixels (a decompression bomb)."""
+    tifffile.imwrite(path, np.zeros((64, 64), np.uint8), compression="zlib")
+    with tifffile.TiffFile(path, mode="r+b") as tif:
+        tif.pages[0].tags["ImageWidth"].overwrite(width)
+        tif.pages[0].tags["ImageLength"].overwrite(height)
+
+
+def test_a_tiff_decompression_bomb_is_refused_before_decoding(tmp_path, monkeypatch):
+    path = tmp_path / "bomb.tif"
+    _tiff_claiming(path, 100_000, 100_000)
+    assert path.stat().st_size < 1000
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("the pixels were decoded")
+
+    monkeypatch.setattr(tifffile.TiffPageSeries, "asarray", no_decoding)
+    with pytest.raises(InputError, match=r"claims 100000 x 100000 = 10,000,000,000 pixels, more than the limit"):
+        read_image(path)
+
+
+def test_the_pixel_limit_applies_to_png_and_can_be_changed(tmp_path, monkeypatch, make_blobs):
+    from napari_minenet.data import MAX_IMAGE_PIXELS, max_image_pixels
+
+    path = tmp_path / "a.png"
+    iio.imwrite(path, make_blobs(64, seed=0)[0])
+    assert max_image_pixels() == MAX_IMAGE_PIXELS
+    with pytest.raises(InputError, match="claims 64 x 64 = 4,096 pixels"):
+        read_image(path, max_pixels=1000)
+    monkeypatch.setenv("NAPARI_MINENET_MAX_IMAGE_PIXELS", "1000")
+    with pytest.raises(InputError, match="NAPARI_MINENET_MAX_IMAGE_PIXELS"):
+        read_image(path)
+    tifffile.imwrite(tmp_path / "a.tif", np.zeros((3, 20, 20), np.uint8), photometric="minisblack")  # every plane
+    with pytest.raises(InputError, match="3 x 20 x 20 = 1,200 pixels"):
+        read_image(tmp_path / "a.tif")
+    monkeypatch.setenv("NAPARI_MINENET_MAX_IMAGE_PIXELS", "5000")
+    assert read_image(path).shape == (64, 64, 3)
+
+
+@pytest.mark.parametrize("labels,message", [
+    (np.full((32, 32), 1.5, np.float32), "dtype float32: expected integers"),
+    (np.where(np.eye(32) > 0, np.nan, 1.0), "dtype float64"),
+    (np.ones((32, 32, 3), np.uint16), r"shape \(32, 32, 3\)"),
+    (np.ones((32, 32), np.complex64), "dtype complex64"),
+    (np.full((32, 32), -2, np.int16), "negative ids"),
+])
+def test_load_dataset_refuses_labels_that_are_not_instance_ids(tmp_path, make_blobs, labels, message):
+    for sub in ("images", "labels"):
+        (tmp_path / sub).mkdir()
+    iio.imwrite(tmp_path / "images" / "a.png", make_blobs(32, seed=0)[0])
+    tifffile.imwrite(tmp_path / "labels" / "a.tif", labels)
+    with pytest.raises(InputError, match=message):
+        load_dataset(tmp_path)
+
+
+def test_load_dataset_refuses_a_nan_mask(tmp_path, make_blobs):
+    for sub in ("images", "masks"):
+        (tmp_path / sub).mkdir()
+    iio.imwrite(tmp_path / "images" / "a.png", make_blobs(32, seed=0)[0])
+    tifffile.imwrite(tmp_path / "masks" / "a.tif", np.where(np.eye(32) > 0, np.nan, 1.0).astype(np.float32))
+    with pytest.raises(InputError, match="mask .* contains NaN"):
+        load_dataset(tmp_path)
+
+
+def test_normalizer_refuses_a_zero_std():
+    image = np.arange(400, dtype=np.uint8).reshape(20, 20)
+    with pytest.raises(ValueError, match="std must be positive"):
+        Normalizer.for_image(image, {"mean": [0.5] * 3, "std": [0, 0, 0]}, in_channels=3)
+
+
+@pytest.mark.parametrize("factor", [1e300, 1e-300])
+def test_normalizer_handles_float64_values_far_beyond_float32(factor):
+    rng = np.random.default_rng(0)
+    image = rng.uniform(1.0, 1.7, (32, 32))
+    norm = {"mean": [0.5], "std": [0.25]}
+    expected = Normalizer.for_image(image, norm, 1)(image)
+    huge = image * factor  # near 1e300: float32 overflows, the old code gave NaN probabilities
+    out = Normalizer.for_image(huge, norm, 1)(huge)
+    assert np.isfinite(out).all()
+    np.testing.assert_allclose(out, expected, atol=1e-4)

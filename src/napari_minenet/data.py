@@ -29,50 +29,139 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "working_scale",
     "rescale_image",
+    "GreyImageWarning",
+    "MAX_IMAGE_PIXELS",
+    "MAX_TILE_SIZE",
+    "MAX_WORKING_LONG_SIDE",
+    "max_image_pixels",
 ]
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
 MIN_SIDE = 16
+
+#: images (all planes of a stack together) with more pixels than this are refused before
+#: their pixels are decoded (a small compressed file can claim 100,000 x 100,000 pixels and
+#: fill the memory). Override with the ``NAPARI_MINENET_MAX_IMAGE_PIXELS`` environment
+#: variable or ``read_image(..., max_pixels=...)``.
+MAX_IMAGE_PIXELS = 1_000_000_000
+MAX_IMAGE_PIXELS_ENV = "NAPARI_MINENET_MAX_IMAGE_PIXELS"
+#: largest tile a prediction may use (a 4096 px tile already needs ~1 GB of activations)
+MAX_TILE_SIZE = 4096
+#: largest working size a model card may ask for
+MAX_WORKING_LONG_SIDE = 4096
 
 
 class InputError(ValueError):
     """The image or data given cannot be segmented as it is; the message says why."""
 
 
+class GreyImageWarning(UserWarning):
+    """A grey image was given to a model trained on colour images: the result is unreliable."""
+
+
+def max_image_pixels() -> int:
+    """The pixel limit in force: ``NAPARI_MINENET_MAX_IMAGE_PIXELS`` or :data:`MAX_IMAGE_PIXELS`."""
+    text = os.environ.get(MAX_IMAGE_PIXELS_ENV, "").strip()
+    if not text:
+        return MAX_IMAGE_PIXELS
+    try:
+        value = int(float(text))
+    except ValueError:
+        raise InputError(f"{MAX_IMAGE_PIXELS_ENV}={text!r} is not a number of pixels") from None
+    if value <= 0:
+        raise InputError(f"{MAX_IMAGE_PIXELS_ENV} must be a positive number of pixels, not {text}")
+    return value
+
+
 # --------------------------------------------------------------------------- reading
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
+def read_image(path: str | os.PathLike, *, max_pixels: int | None = None) -> np.ndarray:
     """Read a TIFF (incl. OME-TIFF and multi-page stacks), PNG, JPEG or BMP.
 
     Returns the pixels as stored: (H, W), (H, W, C) or a stack (Z, H, W[, C]). RGBA loses
     its alpha channel. Raises :class:`InputError` with the reason when the file is
-    missing or unreadable.
+    missing or unreadable, or when its header claims more than ``max_pixels`` pixels
+    (default :func:`max_image_pixels`); that check runs before any pixel is decoded.
     """
     p = Path(path)
     if not p.exists():
         raise InputError(f"file not found: {p}")
     if p.is_dir():
         raise InputError(f"{p} is a folder, not an image")
+    limit = max_image_pixels() if max_pixels is None else int(max_pixels)
     suffix = p.suffix.lower()
     try:
+        size = p.stat().st_size
+    except OSError as exc:
+        raise InputError(f"cannot read {p}: {exc.strerror or exc}") from exc
+    if size == 0:
+        raise InputError(f"cannot read {p}: the file is empty (0 bytes), not an image")
+    try:
         if suffix in (".tif", ".tiff"):
-            data = _read_tiff(p)
+            data = _read_tiff(p, limit)
         else:
+            _check_pixels_before_decoding(p, limit)
             import imageio.v3 as iio
 
             data = iio.imread(p)
+    except InputError:
+        raise
     except Exception as exc:  # noqa: BLE001 - every reader error means the same to the user
-        raise InputError(f"cannot read {p}: {exc}") from exc
+        raise InputError(f"cannot read {p}: {_reader_error(p, exc)}") from exc
     data = np.asarray(data)
     if data.ndim >= 3 and data.shape[-1] == 4:
         data = data[..., :3]
     if data.ndim >= 3 and data.shape[-1] == 2:  # grey + alpha
         data = data[..., 0]
+    if data.ndim == 3 and data.shape[-1] not in (1, 3) and data.shape[-1] < MIN_SIDE <= min(data.shape[:2]):
+        # e.g. a (64, 64, 5) multi-channel image, which would otherwise become 64 planes of 64 x 5
+        raise InputError(
+            f"{p} has shape {data.shape}: an image with {data.shape[-1]} channels (or {data.shape[0]} planes of "
+            f"{data.shape[1]} x {data.shape[2]} pixels); expected grey (H, W), RGB (H, W, 3) or RGBA (H, W, 4), "
+            f"or a stack (Z, H, W[, 3]) of planes of at least {MIN_SIDE} x {MIN_SIDE} pixels"
+        )
     return data
 
 
-def _read_tiff(path: Path) -> np.ndarray:
+def _too_many_pixels(p: Path, shape: tuple[int, ...], pixels: int, limit: int) -> InputError:
+    return InputError(
+        f"{p} claims {' x '.join(map(str, shape))} = {pixels:,} pixels, more than the limit of {limit:,} "
+        f"(set {MAX_IMAGE_PIXELS_ENV} to raise it); it was not decoded"
+    )
+
+
+def _check_pixels_before_decoding(p: Path, limit: int) -> None:
+    """Refuse a PNG / JPEG / BMP whose header claims more than ``limit`` pixels."""
+    import warnings
+
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(p) as im:
+                w, h = im.size
+                frames = int(getattr(im, "n_frames", 1) or 1)
+    except Image.DecompressionBombError as exc:
+        raise InputError(f"cannot read {p}: {exc}; convert it to TIFF to read it") from exc
+    except Exception:  # noqa: BLE001 - not a PIL image: the decoder below gives the error
+        return
+    pixels = w * h * frames
+    if pixels > limit:
+        raise _too_many_pixels(p, ((frames,) if frames > 1 else ()) + (h, w), pixels, limit)
+
+
+def _reader_error(p: Path, exc: Exception) -> str:
+    """A one-line reason that does not send the user to install video plug-ins."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if p.suffix.lower() in (".tif", ".tiff"):
+        return f"not a readable TIFF image ({text})"
+    kind = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP"}.get(p.suffix.lower(), "image")
+    return f"the file is not a readable {kind} image (damaged, or not an image despite its name)"
+
+
+def _read_tiff(path: Path, limit: int | None = None) -> np.ndarray:
     """TIFF / OME-TIFF with colour samples last; planes (Z, T, or C that is not RGB) first.
 
     A colour axis is recognised from the file's own description (``S`` samples, or a
@@ -83,6 +172,10 @@ def _read_tiff(path: Path) -> np.ndarray:
 
     with tifffile.TiffFile(path) as tif:
         series = tif.series[0]
+        shape = tuple(int(n) for n in series.shape)
+        pixels = math.prod(n for n, axis in zip(shape, series.axes) if axis != "S")
+        if limit is not None and pixels > limit:  # decided from the header, before decoding
+            raise _too_many_pixels(path, shape, pixels, limit)
         data = series.asarray()
         axes = series.axes
         photometric = getattr(tif.pages[0], "photometric", None)
@@ -202,18 +295,24 @@ class Normalizer:
 
     scale: np.ndarray  # (C,) float32
     offset: np.ndarray  # (C,) float32
+    #: float images far from unit range (|values| > 1e20 or < 1e-20, e.g. 1e308) are first
+    #: multiplied by this power of two in float64 (exact), so float32 never overflows
+    prescale: float = 1.0
 
     @classmethod
     def for_image(cls, image: np.ndarray, normalization: dict, in_channels: int) -> Normalizer:
-        mean = np.asarray(normalization.get("mean", [0.0] * in_channels), dtype=np.float32)
-        std = np.asarray(normalization.get("std", [1.0] * in_channels), dtype=np.float32)
-        mean = np.broadcast_to(mean[:in_channels] if mean.size >= in_channels else mean[:1], (in_channels,))
-        std = np.broadcast_to(std[:in_channels] if std.size >= in_channels else std[:1], (in_channels,))
+        mean, std = _card_statistics(normalization, in_channels)
+        prescale = 1.0
         if image.dtype == np.uint8:
             lo, hi = 0.0, 255.0
         else:
-            sample = _sampled(image).astype(np.float32)
-            lo, hi = np.percentile(sample, [0.5, 99.5])
+            sample = _sampled(image)
+            if np.issubdtype(sample.dtype, np.floating) and sample.size:
+                amax = float(np.max(np.abs(sample.astype(np.float64))))
+                if np.isfinite(amax) and amax > 0 and not 1e-20 <= amax <= 1e20:
+                    prescale = float(2.0 ** -math.floor(math.log2(amax)))
+            sample = sample.astype(np.float64) * prescale
+            lo, hi = (float(v) for v in np.percentile(sample, [0.5, 99.5]))
             if hi <= lo:
                 lo, hi = float(sample.min()), float(sample.max())
             if hi <= lo:
@@ -221,16 +320,42 @@ class Normalizer:
         unit_scale = 1.0 / (hi - lo)
         scale = (unit_scale / std).astype(np.float32)
         offset = ((-lo * unit_scale - mean) / std).astype(np.float32)
-        return cls(scale, offset)
+        if not (np.isfinite(scale).all() and np.isfinite(offset).all() and (scale != 0).all()):
+            raise InputError(f"the image's pixel values (between {lo:g} and {hi:g}) cannot be normalised; "
+                             "rescale the image to a usual range (e.g. 0..1 or 0..65535)")
+        return cls(scale, offset, prescale)
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
         """(h, w[, C]) raw pixels -> (C, h, w) float32."""
-        x = pixels.astype(np.float32, copy=False)
+        if self.prescale != 1.0:
+            x = (pixels.astype(np.float64) * self.prescale).astype(np.float32)
+        else:
+            x = pixels.astype(np.float32, copy=False)
         if x.ndim == 2:
             x = x[None]
         else:
             x = np.moveaxis(x, -1, 0)
         return x * self.scale[:, None, None] + self.offset[:, None, None]
+
+
+def _card_statistics(normalization: dict, in_channels: int) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, std) per input channel from a card's ``normalization``; std must be > 0."""
+    if not isinstance(normalization, dict):
+        raise ValueError(f"normalization must be a mapping with 'mean' and 'std', not {normalization!r}")
+    out = []
+    for key, default in (("mean", 0.0), ("std", 1.0)):
+        values = normalization.get(key, [default] * in_channels)
+        try:
+            arr = np.asarray(values, dtype=np.float64).reshape(-1)
+        except (TypeError, ValueError):
+            raise ValueError(f"normalization {key} must be a list of numbers, not {values!r}") from None
+        if arr.size == 0 or not np.isfinite(arr).all():
+            raise ValueError(f"normalization {key} must be finite numbers, not {values!r}")
+        out.append(np.broadcast_to(arr[:in_channels] if arr.size >= in_channels else arr[:1], (in_channels,)))
+    mean, std = out
+    if (std <= 0).any():
+        raise ValueError(f"normalization std must be positive, not {list(normalization.get('std'))}")
+    return mean, std
 
 
 # --------------------------------------------------------------------------- datasets
@@ -289,16 +414,42 @@ def load_dataset(directory: str | os.PathLike, ids: Sequence[str] | None = None,
         if mask_path is None and label_path is None and need_masks:
             raise InputError(f"image {ident!r} has no mask: expected {root / 'masks' / (ident + '.png')}")
         image = read_image(path)
-        labels = read_image(label_path) if label_path else None
+        labels = _check_labels(read_image(label_path), label_path) if label_path else None
         if mask_path is not None:
-            mask_raw = read_image(mask_path)
-            mask = (mask_raw[..., 0] if mask_raw.ndim == 3 else mask_raw) > 0
+            mask = _binary(read_image(mask_path), mask_path, "mask")
         elif labels is not None:
             mask = labels > 0
         else:
             mask = np.zeros(image.shape[:2], bool)
-        fov = read_image(extras["fov"][ident]) > 0 if ident in extras["fov"] else None
-        if fov is not None and fov.ndim == 3:
-            fov = fov[..., 0]
+        fov = _binary(read_image(extras["fov"][ident]), extras["fov"][ident], "field of view") \
+            if ident in extras["fov"] else None
         examples.append(TrainingExample(ident, image, mask, labels, fov, source=str(path)))
     return examples
+
+
+def _check_labels(labels: np.ndarray, path: Path) -> np.ndarray:
+    """Instance labels must be one 2-D plane of non-negative integers."""
+    if labels.ndim != 2:
+        raise InputError(f"labels {path} have shape {labels.shape}: expected one 2-D plane (H, W) of instance ids "
+                         "(an RGB or multi-page file is not a label image)")
+    if not (np.issubdtype(labels.dtype, np.integer) or labels.dtype == bool):
+        raise InputError(f"labels {path} have dtype {labels.dtype}: expected integers (0 = background, "
+                         "1, 2, ... = one id per object)")
+    if labels.dtype != bool and np.issubdtype(labels.dtype, np.signedinteger) and labels.size and labels.min() < 0:
+        raise InputError(f"labels {path} contain negative ids; expected 0 = background, 1, 2, ... per object")
+    return labels
+
+
+def _binary(raw: np.ndarray, path: Path, what: str) -> np.ndarray:
+    """A 0 / nonzero mask (first channel of a colour file) as bool; NaN and complex are refused."""
+    if raw.dtype == object or np.issubdtype(raw.dtype, np.complexfloating) or not (
+        np.issubdtype(raw.dtype, np.number) or raw.dtype == bool
+    ):
+        raise InputError(f"{what} {path} has dtype {raw.dtype}; expected 0 / 255 (or 0 / 1) pixels")
+    if raw.ndim == 3:
+        raw = raw[..., 0]
+    if raw.ndim != 2:
+        raise InputError(f"{what} {path} has shape {raw.shape}; expected one 2-D plane (H, W)")
+    if np.issubdtype(raw.dtype, np.floating) and not np.isfinite(raw).all():
+        raise InputError(f"{what} {path} contains NaN or infinite values; expected 0 / 255 (or 0 / 1) pixels")
+    return raw > 0
