@@ -198,7 +198,7 @@ def test_save_is_atomic_when_the_rename_fails(tiny_card, tmp_path, monkeypatch):
 
     monkeypatch.setattr(os, "replace", crash)
     with pytest.raises(OSError, match="simulated crash"):
-        save_model(_new_model(tiny_card, seed=1), folder / "m")
+        save_model(_new_model(tiny_card, seed=1), folder / "m", overwrite=True)
     monkeypatch.undo()
     assert weights.read_bytes() == old_weights
     assert _card_path(weights).read_bytes() == old_card
@@ -216,7 +216,7 @@ def test_save_is_atomic_when_the_writer_fails_midway(tiny_card, tmp_path, monkey
 
     monkeypatch.setattr(os, "fsync", crash)
     with pytest.raises(OSError, match="simulated crash"):
-        save_model(_new_model(tiny_card, seed=1), folder / "m")
+        save_model(_new_model(tiny_card, seed=1), folder / "m", overwrite=True)
     monkeypatch.undo()
     assert weights.read_bytes() == old_weights
     assert _no_temp_files(folder)
@@ -247,7 +247,7 @@ def test_a_crash_between_weights_and_card_keeps_a_loadable_model(tiny_card, tmp_
 
     monkeypatch.setattr(os, "replace", crash_on_second)
     with pytest.raises(OSError):
-        save_model(_new_model(tiny_card, seed=1), folder / "m")
+        save_model(_new_model(tiny_card, seed=1), folder / "m", overwrite=True)
     monkeypatch.undo()
     load_model(weights)  # the old or the new model, but a model
 
@@ -379,3 +379,193 @@ def test_model_load_error_is_exported():
 
     assert napari_minenet.ModelLoadError is ModelLoadError
     assert zoo.ModelLoadError is ModelLoadError
+
+
+# --------------------------------------------------------------------------- card validation
+
+
+def _edit_card(weights: Path, **changes) -> None:
+    card = _card_path(weights)
+    data = json.loads(card.read_text())
+    data.update(changes)
+    card.write_text(json.dumps(data))
+
+
+BAD_FIELDS = [
+    ("default_threshold", "x", "default_threshold must be a number from 0 to 1"),
+    ("default_threshold", 1.5, "default_threshold must be a number from 0 to 1"),
+    ("normalization", None, "normalization must be a mapping"),
+    ("normalization", {"mean": [0.5] * 3, "std": [0, 0, 0]}, "std must be positive"),
+    ("normalization", {"mean": [0.5] * 3, "std": ["a"]}, "std must be a list of numbers"),
+    ("architecture", "MiniNet", "architecture must be a mapping"),
+    ("architecture", {"name": "MiniNet", "width": -1}, "width must be an integer from 1 to 64"),
+    ("architecture", {"name": "MiniNet", "width": 100000}, "width must be an integer from 1 to 64"),
+    ("working_long_side", "512", "working_long_side must be null or an integer"),
+    ("working_long_side", 10**6, "working_long_side must be null or an integer"),
+    ("tile_size", 100000, "tile_size must be an integer from 32 to 4096"),
+    ("tile_overlap", 4000, "tile_overlap must be"),
+    ("in_channels", True, "in_channels must be 1 or 3"),
+    ("instances", "yes", "instances must be true or false"),
+    ("min_size", -3, "min_size must be an integer >= 0"),
+    ("test_time_augmentation", 3, "test_time_augmentation must be 1, 2, 4 or 8"),
+    ("created", 5, "created must be a string"),
+    ("metrics", [1], "metrics must be a mapping"),
+    ("parent", 7, "parent must be null or a string"),
+    ("name", None, "name must be a string"),
+]
+
+
+@pytest.mark.parametrize("field,value,message", BAD_FIELDS, ids=[f"{f}={v!r}" for f, v, _ in BAD_FIELDS])
+def test_a_card_with_a_bad_field_is_refused_in_one_line(tiny_model_path, field, value, message):
+    _edit_card(tiny_model_path, **{field: value})
+    with pytest.raises(ModelLoadError, match=message) as info:
+        load_model(tiny_model_path)
+    assert "\n" not in str(info.value) and "is invalid" in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["../../somewhere/x", "/abs/path/x", "a/b", "a\\b", "..", "", " ", ".hidden",
+                                  "x" * 200, "tab\there", "trailing."])
+def test_model_names_must_be_plain_file_names(name):
+    with pytest.raises(ValueError, match="name"):
+        ModelCard(name=name)
+    with pytest.raises(ValueError, match="name"):
+        zoo.check_model_name(name)
+
+
+@pytest.mark.parametrize("name", ["nuclei", "nuclei-ft-20260101-101010", "My model (v2)", "Kerne_HE.2", "核"])
+def test_reasonable_model_names_are_accepted(name):
+    assert ModelCard(name=name).name == name
+
+
+def test_a_card_named_like_a_path_cannot_steer_where_models_are_written(tiny_model_path, tiny_card, user_home):
+    _edit_card(tiny_model_path, name="../../somewhere/x")
+    with pytest.raises(ModelLoadError, match="not a plain file name"):
+        load_model(tiny_model_path)
+    model = _new_model(tiny_card)
+    model.card.name = "/abs/path/x"  # set after construction: save_model checks again
+    with pytest.raises(ValueError, match="not a plain file name"):
+        save_model(model, user_models_dir(create=True) / "ok")
+    assert list(user_models_dir().iterdir()) == []
+
+
+# --------------------------------------------------------------------------- overwriting, weights checks
+
+
+def test_save_model_never_overwrites_an_existing_model(tiny_card, tmp_path):
+    first = save_model(_new_model(tiny_card, seed=0), tmp_path / "m")
+    before = first.read_bytes(), _card_path(first).read_bytes()
+    with pytest.raises(FileExistsError, match="already exists"):
+        save_model(_new_model(tiny_card, seed=1), tmp_path / "m")
+    assert (first.read_bytes(), _card_path(first).read_bytes()) == before
+    save_model(_new_model(tiny_card, seed=1), tmp_path / "m", overwrite=True)
+    assert first.read_bytes() != before[0]
+
+
+def _rewrite_tensors(weights: Path, change) -> None:
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(weights))
+    change(state)
+    save_file(state, str(weights))  # no embedded card
+    _drop_checksum(weights)
+
+
+def test_nan_weights_are_refused(tiny_model_path):
+    _rewrite_tensors(tiny_model_path, lambda s: s["stem.conv.weight"].view(-1).__setitem__(0, float("nan")))
+    with pytest.raises(ModelLoadError, match="'stem.conv.weight' contains NaN"):
+        load_model(tiny_model_path)
+
+
+def test_integer_weights_are_refused(tiny_model_path):
+    def to_int(state):
+        state["stem.conv.weight"] = state["stem.conv.weight"].to(torch.int32)
+
+    _rewrite_tensors(tiny_model_path, to_int)
+    with pytest.raises(ModelLoadError, match="'stem.conv.weight' has dtype int32; expected floating point"):
+        load_model(tiny_model_path)
+
+
+def test_save_refuses_nan_weights(tiny_card, tmp_path):
+    model = _new_model(tiny_card)
+    with torch.no_grad():
+        model.network.stem.conv.weight.view(-1)[0] = float("inf")
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        save_model(model, tmp_path / "m")
+    assert not tmp_path.joinpath("m.safetensors").exists()
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".pth", ".ckpt", ".pkl"])
+def test_pickled_pytorch_files_are_refused_with_the_reason(tmp_path, suffix):
+    path = tmp_path / f"x{suffix}"
+    path.write_bytes(pickle.dumps({"a": 1}))
+    for given in (path, f"x{suffix}"):
+        with pytest.raises(ModelLoadError, match="pickled PyTorch files .* can run arbitrary code.*\\.safetensors"):
+            load_model(given)
+
+
+# --------------------------------------------------------------------------- listing survives bad cards
+
+
+@pytest.mark.parametrize("change", [{"created": 5}, {"metrics": [1]}, {"name": None}, {"architecture": "MiniNet"}])
+def test_one_bad_user_card_does_not_break_the_registry(tiny_card, change):
+    folder = user_models_dir(create=True)
+    save_model(_new_model(tiny_card, name="good", created="2024-01-01T00:00:00+00:00"), folder / "good")
+    bad = save_model(_new_model(tiny_card, name="bad"), folder / "bad")
+    _edit_card(bad, **change)
+    with pytest.warns(zoo.ModelCardWarning, match="skipping model .*bad.safetensors"):
+        models = list_models()
+    names = [m.name for m in models]
+    assert names[:3] == ["nuclei", "vessels", "lesion"] and "good" in names and "bad" not in names
+    with pytest.warns(zoo.ModelCardWarning):
+        assert load_model("nuclei").card.name == "nuclei"  # a built-in always works
+        assert resolve_model_path("good") == folder / "good.safetensors"
+
+
+def test_weights_without_their_card_are_listed_from_the_card_inside(tiny_card):
+    """A kill between the weights and the card write leaves a complete weights file."""
+    folder = user_models_dir(create=True)
+    weights = save_model(_new_model(tiny_card, name="orphan"), folder / "orphan")
+    _card_path(weights).unlink()
+    (info,) = [m for m in list_models() if m.source == "user"]
+    assert info.name == "orphan" and info.path == weights
+    assert load_model("orphan").card.name == "orphan"
+
+
+def test_new_weights_beside_an_old_card_are_listed_with_their_own_card(tiny_card):
+    folder = user_models_dir(create=True)
+    weights = save_model(_new_model(tiny_card, name="m", created="2024-01-01T00:00:00+00:00"), folder / "m")
+    old_card = _card_path(weights).read_bytes()
+    save_model(_new_model(tiny_card, seed=1, name="m", created="2025-06-01T00:00:00+00:00"), folder / "m",
+               overwrite=True)
+    _card_path(weights).write_bytes(old_card)  # as if killed before the card was renamed
+    (info,) = [m for m in list_models() if m.source == "user"]
+    assert info.created == "2025-06-01T00:00:00+00:00"
+    assert load_model(weights).card.created == info.created
+
+
+def test_weights_with_no_card_anywhere_are_reported(tiny_model_path):
+    from safetensors.torch import load_file, save_file
+
+    folder = user_models_dir(create=True)
+    save_file(load_file(str(tiny_model_path)), str(folder / "plain.safetensors"))
+    with pytest.warns(zoo.ModelCardWarning, match="plain.safetensors: no model card"):
+        assert [m for m in list_models() if m.source == "user"] == []
+
+
+def test_stale_temporary_files_are_removed_on_listing_and_saving(tiny_card, tmp_path):
+    folder = user_models_dir(create=True)
+    stale = folder / ".m.safetensors.abc123.tmp"
+    fresh = folder / ".m.json.def456.tmp"
+    for path in (stale, fresh):
+        path.write_bytes(b"half a file")
+    two_hours_ago = os.path.getmtime(stale) - 7200
+    os.utime(stale, (two_hours_ago, two_hours_ago))
+    list_models()
+    assert not stale.exists() and fresh.exists()  # a young one may be a write in progress
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    old = other / ".x.safetensors.zzz.tmp"
+    old.write_bytes(b"x")
+    os.utime(old, (two_hours_ago, two_hours_ago))
+    save_model(_new_model(tiny_card), other / "x")
+    assert not old.exists()

@@ -7,13 +7,18 @@ import io
 import json
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_json", "write_tiff", "write_png"]
+__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_json", "write_tiff", "write_png",
+           "remove_stale_temp_files", "STALE_TEMP_SECONDS"]
+
+#: a temporary file of :func:`atomic_write` older than this is left over from a crash
+STALE_TEMP_SECONDS = 3600.0
 
 
 @contextlib.contextmanager
@@ -40,6 +45,26 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
         raise
 
 
+def remove_stale_temp_files(folder: str | os.PathLike, max_age_s: float = STALE_TEMP_SECONDS) -> list[Path]:
+    """Delete ``.<name>.*.tmp`` files that :func:`atomic_write` left in ``folder`` after a hard
+    crash, when they are older than ``max_age_s`` (a younger one may belong to a write in
+    progress). Returns the files removed; errors (e.g. a read-only folder) are ignored."""
+    removed = []
+    now = time.time()
+    try:
+        candidates = list(Path(folder).glob(".?*.*.tmp"))
+    except OSError:
+        return removed
+    for path in candidates:
+        try:
+            if path.is_file() and now - path.stat().st_mtime > max_age_s:
+                path.unlink()
+                removed.append(path)
+        except OSError:
+            continue
+    return removed
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     with atomic_write(path, "wb") as fh:
         fh.write(data)
@@ -47,7 +72,6 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode("utf-8"))
-
 
 
 def write_tiff(path: str | os.PathLike, array: np.ndarray, **kwargs: Any) -> None:

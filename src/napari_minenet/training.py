@@ -597,6 +597,6 @@ def train(
         "augmentation": dataclasses.asdict(Augmentation.for_task(cfg.task)),
         "batches": "each batch holds patches of one image (per-image BatchNorm statistics)",
     }
-    save_model(model, output)
+    save_model(model, output, overwrite=True)  # train writes its output (-o), also on a re-run
     result.val_metrics = vmetrics
     return result

@@ -11,6 +11,19 @@ fine-tunes live in a per-user folder (``platformdirs``; override with the
 ``NAPARI_MINENET_HOME`` environment variable). Both are found through :func:`list_models`
 and :func:`load_model`, by name or by path. Every write is atomic: data goes to a
 temporary file in the target folder, is flushed to disk, then renamed over the target.
+
+Every card, wherever it comes from (a ``.json`` file, the copy inside a weights file, or
+code), goes through one check, :func:`validate_card`: a card with a field of the wrong
+type or out of range, or a ``name`` that is not a plain file name, is refused with a
+one-line reason. Listing skips such a card with a :class:`ModelCardWarning` naming it,
+so one bad user card never hides the built-in models.
+
+Save order: the weights file is written first (it holds the card too, so it is a whole
+model by itself), the ``.json`` copy of the card second. A crash between the two leaves
+either new weights with no ``.json`` or new weights beside the old ``.json``; listing and
+loading then both use the card inside the weights file, so the pair never disagrees.
+Leftover ``.*.tmp`` files of interrupted writes are removed when they are older than an
+hour (:func:`~napari_minenet.files.remove_stale_temp_files`, run on listing and saving).
 """
 
 from __future__ import annotations
@@ -19,21 +32,29 @@ import dataclasses
 import datetime as _dt
 import hashlib
 import json
+import math
+import numbers
 import os
+import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .files import atomic_write, atomic_write_bytes, atomic_write_json
+from .data import MAX_TILE_SIZE, MAX_WORKING_LONG_SIDE, MIN_SIDE, _card_statistics
+from .files import atomic_write, atomic_write_bytes, atomic_write_json, remove_stale_temp_files
 
 __all__ = [
     "ModelCard",
     "SegmentationModel",
     "ModelInfo",
     "ModelLoadError",
+    "ModelCardWarning",
     "TASKS",
+    "validate_card",
+    "check_model_name",
     "builtin_weights_dir",
     "user_models_dir",
     "list_models",
@@ -65,6 +86,17 @@ _CARD_SUFFIX = ".json"
 
 class ModelLoadError(RuntimeError):
     """A model could not be found or its files are unreadable / inconsistent."""
+
+
+class ModelCardWarning(UserWarning):
+    """A model in a models folder was skipped (its card is invalid or missing)."""
+
+
+#: file suffixes of pickled PyTorch / pickle files, which are never loaded
+_PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin", ".tar")
+#: largest MiniNet ``width`` a card may ask for (8 in the paper; params grow with width^2)
+MAX_WIDTH = 64
+_NAME_RE = re.compile(r"^\w[\w .+\-()\[\]@,=~]*$")
 
 
 def package_version() -> str:
@@ -117,16 +149,12 @@ class ModelCard:
     weights_sha256: str = ""
 
     def __post_init__(self) -> None:
-        defaults = TASKS.get(self.task, TASKS["custom"])
-        for key in ("display_name", "button_text", "object_name"):
-            if not getattr(self, key):
-                setattr(self, key, defaults[key])
-        if self.in_channels not in (1, 3):
-            raise ValueError(f"model card {self.name!r}: in_channels must be 1 or 3, not {self.in_channels}")
-        if self.out_channels not in (1, 2):
-            raise ValueError(f"model card {self.name!r}: out_channels must be 1 or 2, not {self.out_channels}")
-        if self.bn_statistics not in ("image", "running"):
-            raise ValueError(f"model card {self.name!r}: bn_statistics must be 'image' or 'running'")
+        if isinstance(self.task, str):
+            defaults = TASKS.get(self.task, TASKS["custom"])
+            for key in ("display_name", "button_text", "object_name"):
+                if not getattr(self, key):
+                    setattr(self, key, defaults[key])
+        validate_card(self)
 
     @property
     def has_contours(self) -> bool:
@@ -139,6 +167,8 @@ class ModelCard:
     def from_dict(cls, data: dict[str, Any]) -> ModelCard:
         if not isinstance(data, dict) or "name" not in data:
             raise ValueError("a model card is a JSON object with at least a 'name'")
+        if not isinstance(data["name"], str):
+            raise ValueError(f"the card's name must be a string, not {_short(data['name'])}")
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
@@ -149,6 +179,94 @@ class ModelCard:
             return build_network(self.architecture or {}, self.in_channels, self.out_channels)
         except (ValueError, ImportError) as exc:
             raise ModelLoadError(f"model {self.name!r}: {exc}") from exc
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def check_model_name(name: Any) -> str:
+    """A model name must be a plain file name: it decides where the model is written."""
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"a model name must be a non-empty string, not {_short(name)}")
+    if "/" in name or "\\" in name or ".." in name or name != name.strip() or name.endswith(".") \
+            or len(name) > 128 or not _NAME_RE.match(name):
+        raise ValueError(
+            f"model name {_short(name)} is not a plain file name: use letters, digits, spaces and . _ - + ( ) "
+            "(no path separators, no '..', at most 128 characters)"
+        )
+    return name
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _is_real(v: Any) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(float(v))
+
+
+def validate_card(card: ModelCard) -> ModelCard:
+    """Check every field of ``card`` (types and ranges); ``ValueError`` with a one-line reason.
+
+    Used by every card that is built, read from a ``.json`` file or a weights file, or saved.
+    """
+    who = f"model card {card.name!r}" if isinstance(card.name, str) else "model card"
+
+    def bad(field_name: str, expected: str) -> ValueError:
+        return ValueError(f"{who}: {field_name} must be {expected}, not {_short(getattr(card, field_name))}")
+
+    try:
+        check_model_name(card.name)
+    except ValueError as exc:
+        raise ValueError(f"{who}: {exc}") from None
+    for key in ("task", "display_name", "button_text", "object_name", "description", "licence", "created",
+                "package_version", "weights_sha256"):
+        if not isinstance(getattr(card, key), str):
+            raise bad(key, "a string")
+    arch = card.architecture
+    if not isinstance(arch, dict):
+        raise bad("architecture", 'a mapping such as {"name": "MiniNet", "width": 8}')
+    if not isinstance(arch.get("name", "MiniNet"), str):
+        raise ValueError(f"{who}: architecture name must be a string, not {_short(arch.get('name'))}")
+    if "width" in arch and not (_is_int(arch["width"]) and 1 <= arch["width"] <= MAX_WIDTH):
+        raise ValueError(f"{who}: architecture width must be an integer from 1 to {MAX_WIDTH}, "
+                         f"not {_short(arch['width'])}")
+    if not (_is_int(card.in_channels) and card.in_channels in (1, 3)):
+        raise bad("in_channels", "1 or 3")
+    if not (_is_int(card.out_channels) and card.out_channels in (1, 2)):
+        raise bad("out_channels", "1 or 2")
+    try:
+        _card_statistics(card.normalization, card.in_channels)
+    except ValueError as exc:
+        raise ValueError(f"{who}: {exc}") from None
+    if card.bn_statistics not in ("image", "running"):
+        raise bad("bn_statistics", "'image' or 'running'")
+    if card.working_long_side is not None and not (
+            _is_int(card.working_long_side) and MIN_SIDE <= card.working_long_side <= MAX_WORKING_LONG_SIDE):
+        raise bad("working_long_side", f"null or an integer from {MIN_SIDE} to {MAX_WORKING_LONG_SIDE}")
+    for key in ("default_threshold", "contour_threshold"):
+        value = getattr(card, key)
+        if not (_is_real(value) and 0.0 <= value <= 1.0):
+            raise bad(key, "a number from 0 to 1")
+    if not (_is_int(card.min_size) and card.min_size >= 0):
+        raise bad("min_size", "an integer >= 0")
+    for key in ("instances", "fill_holes", "keep_largest"):
+        if not isinstance(getattr(card, key), bool):
+            raise bad(key, "true or false")
+    if not (_is_int(card.tile_size) and 32 <= card.tile_size <= MAX_TILE_SIZE):
+        raise bad("tile_size", f"an integer from 32 to {MAX_TILE_SIZE}")
+    if not (_is_int(card.tile_overlap) and 0 <= card.tile_overlap < card.tile_size):
+        raise bad("tile_overlap", "an integer >= 0 and smaller than tile_size")
+    if not (_is_int(card.test_time_augmentation) and card.test_time_augmentation in (1, 2, 4, 8)):
+        raise bad("test_time_augmentation", "1, 2, 4 or 8")
+    if card.parent is not None and not isinstance(card.parent, str):
+        raise bad("parent", "null or a string")
+    for key in ("training", "metrics"):
+        if not isinstance(getattr(card, key), dict):
+            raise bad(key, "a mapping")
+    return card
 
 
 @dataclass
@@ -224,25 +342,39 @@ def tensors_digest(state: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
-def save_model(model: SegmentationModel, path: str | os.PathLike) -> Path:
+def save_model(model: SegmentationModel, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
     """Write ``<path>.safetensors`` (tensors + the card in its metadata) and the card as
     ``<path>.json`` beside it, each atomically; returns the weights path.
 
-    The .safetensors file alone is a complete model: if a crash leaves an old .json beside
-    new weights, loading notices (the card's ``weights_sha256`` is the digest of the
-    tensors) and uses the card stored in the weights file.
+    An existing model at ``path`` is never replaced unless ``overwrite=True``
+    (:class:`FileExistsError` otherwise). The card is validated and the weights must be
+    finite before anything is written.
+
+    The .safetensors file alone is a complete model and is written first: if a crash
+    leaves an old .json beside new weights, or no .json at all, loading and listing notice
+    (the card's ``weights_sha256`` is the digest of the tensors) and use the card stored in
+    the weights file.
     """
     from safetensors.torch import save as st_save
 
     weights_path, card_path = _paths(path)
+    if weights_path.exists() and not overwrite:
+        raise FileExistsError(f"a model already exists at {weights_path}; choose another name "
+                              "(or pass overwrite=True to replace it)")
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.network.state_dict().items()}
-    card = dataclasses.replace(model.card)
+    for key, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise ValueError(f"refusing to save model {model.card.name!r}: weight {key!r} contains NaN or "
+                             "infinite values (training diverged?)")
+    card = validate_card(dataclasses.replace(model.card))
     card.weights_sha256 = tensors_digest(state)
     card.package_version = card.package_version or package_version()
     card.created = card.created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     card_json = json.dumps(card.to_dict())
     blob = st_save(state, metadata={"format": "pt", "name": card.name, "minenet_card": card_json})
-    atomic_write_bytes(weights_path, blob)
+    if weights_path.parent.is_dir():
+        remove_stale_temp_files(weights_path.parent)
+    atomic_write_bytes(weights_path, blob)  # first: a complete model on its own
     atomic_write_json(card_path, card.to_dict())
     model.card = card
     model.path = weights_path
@@ -253,7 +385,8 @@ def _card_from_dict(data: Any, where: Path) -> ModelCard:
     try:
         return ModelCard.from_dict(data)
     except (TypeError, ValueError) as exc:
-        raise ModelLoadError(f"model card {where} is invalid: {exc}") from exc
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ModelLoadError(f"model card {where} is invalid: {reason}") from exc
 
 
 def read_card(path: str | os.PathLike) -> ModelCard:
@@ -263,18 +396,32 @@ def read_card(path: str | os.PathLike) -> ModelCard:
         raise ModelLoadError(f"model card not found: {card_path}")
     try:
         data = json.loads(card_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except OSError as exc:
+        raise ModelLoadError(f"cannot read model card {card_path}: {exc.strerror or exc}") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise ModelLoadError(f"model card {card_path} is not valid JSON ({exc}); the file is damaged") from exc
     return _card_from_dict(data, card_path)
 
 
+#: a safetensors header larger than this is not read when listing (a damaged file)
+_MAX_HEADER_BYTES = 100_000_000
+
+
+def _header_bytes(weights: Path) -> bytes:
+    """The 8-byte length and the JSON header of a safetensors file (not the tensors)."""
+    with open(weights, "rb") as fh:
+        head = fh.read(8)
+        size = int.from_bytes(head, "little") if len(head) == 8 else 0
+        return head + (fh.read(size) if 0 < size <= _MAX_HEADER_BYTES else b"")
+
+
 def _embedded_card(blob: bytes, where: Path) -> ModelCard | None:
-    """The card stored in a safetensors header's metadata, if any."""
+    """The card stored in a safetensors header's metadata, if any (and valid)."""
     try:
         size = int.from_bytes(blob[:8], "little")
         header = json.loads(blob[8 : 8 + size].decode("utf-8"))
         text = (header.get("__metadata__") or {}).get("minenet_card")
-    except (ValueError, UnicodeDecodeError, AttributeError):
+    except (ValueError, UnicodeDecodeError, AttributeError, RecursionError):
         return None
     if not text:
         return None
@@ -315,6 +462,7 @@ def load_model(name_or_path: str | os.PathLike | SegmentationModel, device: str 
                 "the file is damaged or was replaced; restore it or choose another model"
             )
     network = card.build_network()
+    _check_tensors(state, network.state_dict(), weights_path)
     try:
         network.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -326,19 +474,60 @@ def load_model(name_or_path: str | os.PathLike | SegmentationModel, device: str 
     return SegmentationModel(network, card, weights_path)
 
 
+def _check_tensors(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], where: Path) -> None:
+    """Weights must have the kind of dtype the network stores (float / integer) and be finite."""
+    for key, tensor in state.items():
+        want = expected.get(key)
+        if want is None:
+            continue  # load_state_dict(strict=True) names unexpected keys
+        if want.is_floating_point() != tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool:
+            kind = "floating point" if want.is_floating_point() else "integer"
+            raise ModelLoadError(f"weights file {where}: tensor {key!r} has dtype {str(tensor.dtype).replace('torch.', '')}"
+                                 f"; expected {kind} ({str(want.dtype).replace('torch.', '')})")
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise ModelLoadError(f"weights file {where}: tensor {key!r} contains NaN or infinite values; "
+                                 "the model is unusable (retrain it or choose another model)")
+
+
 # --------------------------------------------------------------------------- registry
+
+
+def _listing_card(weights: Path) -> ModelCard:
+    """The card that :func:`load_model` would use for ``weights``, read without the tensors.
+
+    The ``.json`` card when it belongs to these weights; the card inside the weights file
+    when the ``.json`` is missing or belongs to other weights (a save interrupted between
+    its two files). Raises :class:`ModelLoadError` when neither is usable.
+    """
+    _, card_path = _paths(weights)
+    try:
+        embedded = _embedded_card(_header_bytes(weights), weights)
+    except OSError as exc:
+        raise ModelLoadError(f"cannot read {weights}: {exc.strerror or exc}") from exc
+    if not card_path.is_file():
+        if embedded is None:
+            raise ModelLoadError(f"no model card: {card_path.name} is missing and {weights.name} holds none")
+        return embedded
+    card = read_card(weights)
+    if embedded is not None and card.weights_sha256 and embedded.weights_sha256 \
+            and card.weights_sha256 != embedded.weights_sha256:
+        return embedded
+    return card
 
 
 def _scan(folder: Path, source: str) -> list[ModelInfo]:
     out = []
     if not folder.is_dir():
         return out
+    if source == "user":
+        remove_stale_temp_files(folder)
     for weights in sorted(folder.glob("*" + _WEIGHTS_SUFFIX)):
-        if weights.name.endswith(".ckpt" + _WEIGHTS_SUFFIX):
+        if weights.name.endswith(".ckpt" + _WEIGHTS_SUFFIX) or weights.name.startswith("."):
             continue  # training checkpoints are not models
         try:
-            card = read_card(weights)
-        except ModelLoadError:
+            card = _listing_card(weights)
+        except ModelLoadError as exc:
+            warnings.warn(f"skipping model {weights}: {exc}", ModelCardWarning, stacklevel=2)
             continue
         out.append(
             ModelInfo(card.name, card.display_name, card.task, source, weights, card.parent, card.metrics, card.created)
@@ -347,10 +536,18 @@ def _scan(folder: Path, source: str) -> list[ModelInfo]:
 
 
 def list_models() -> list[ModelInfo]:
-    """Built-in models (in task order) followed by user models (oldest first)."""
+    """Built-in models (in task order) followed by user models (oldest first).
+
+    A model whose card is invalid or missing is skipped with a :class:`ModelCardWarning`
+    that names it; the built-in models are always listed.
+    """
     order = {t: i for i, t in enumerate(TASKS)}
     builtin = sorted(_scan(builtin_weights_dir(), "builtin"), key=lambda m: (order.get(m.task, 99), m.name))
-    user = sorted(_scan(user_models_dir(), "user"), key=lambda m: (m.created, m.name))
+    try:
+        user = sorted(_scan(user_models_dir(), "user"), key=lambda m: (m.created, m.name))
+    except OSError as exc:  # e.g. an unreadable user folder: the built-in models still work
+        warnings.warn(f"cannot list the user models in {user_models_dir()}: {exc}", ModelCardWarning, stacklevel=2)
+        user = []
     return builtin + user
 
 
@@ -360,6 +557,13 @@ def resolve_model_path(name_or_path: str | os.PathLike) -> Path:
     if not text:
         raise ModelLoadError("no model given")
     candidate = Path(text).expanduser()
+    if candidate.suffix.lower() in _PICKLE_SUFFIXES:
+        raise ModelLoadError(
+            f"{text}: pickled PyTorch files ({', '.join(_PICKLE_SUFFIXES[:3])}, ...) are refused because loading "
+            "them can run arbitrary code; a model is a .safetensors file with its .json card beside it"
+        )
+    if candidate.suffix.lower() == ".onnx":
+        raise ModelLoadError(f"{text} is an ONNX export; give the .safetensors model it was exported from")
     looks_like_path = candidate.suffix in (_WEIGHTS_SUFFIX, _CARD_SUFFIX) or os.sep in text or "/" in text
     if not looks_like_path:  # a bare word is a registry name first, a relative path second
         for info in list_models():
