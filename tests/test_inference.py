@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_minenet.data import InputError
+from napari_minenet.data import GreyImageWarning, InputError
 from napari_minenet.inference import (
     GRID,
     Cancelled,
@@ -240,6 +240,7 @@ KINDS = ["uint8-grey", "uint8-rgb", "uint8-rgba", "uint16-grey", "uint16-rgb", "
 
 
 @pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.filterwarnings("ignore::napari_minenet.data.GreyImageWarning")
 def test_dtypes_and_channels(tiny_model, make_blobs, kind):
     rgb, _ = make_blobs((48, 40), seed=2)
     image = _variant(rgb, kind)
@@ -279,7 +280,8 @@ def test_grey_model_accepts_rgb_and_rgb_model_accepts_grey(tiny_card, make_blobs
     rgb_model = SegmentationModel.new(tiny_card())
     rgb, _ = make_blobs(64, seed=7)
     assert predict_tiled(rgb, grey_model, device="cpu").shape == (1, 64, 64)
-    assert predict_tiled(rgb[..., 0], rgb_model, device="cpu").shape == (2, 64, 64)
+    with pytest.warns(GreyImageWarning, match="trained on colour"):
+        assert predict_tiled(rgb[..., 0], rgb_model, device="cpu").shape == (2, 64, 64)
 
 
 def test_predict_returns_the_foreground_channel(tiny_model, make_blobs):
@@ -471,3 +473,51 @@ def test_segment_stack_passes_cancel(tiny_model, make_blobs):
     stack = np.stack([make_blobs(48, seed=s, rgb=False)[0] for s in (1, 2)])
     with pytest.raises(Cancelled):
         segment_stack(stack, tiny_model, device="cpu", cancel=lambda: True)
+
+
+# --------------------------------------------------------------------------- silent wrong results and limits
+
+
+def test_float64_values_near_1e308_give_the_same_result_as_unit_values(tiny_model, make_blobs):
+    rgb, _ = make_blobs(64, seed=6)
+    image = rgb.astype(np.float64) / 255.0
+    expected = predict_tiled(image, tiny_model, device="cpu")
+    huge = predict_tiled(image * 1e307 + 1e307, tiny_model, device="cpu")
+    assert np.isfinite(huge).all()
+    np.testing.assert_allclose(huge, expected, atol=1e-3)
+
+
+def test_a_network_that_outputs_nan_is_an_error_not_zero_objects(tiny_card, make_blobs):
+    torch.manual_seed(0)
+    model = SegmentationModel.new(tiny_card(bn_statistics="running"))
+    with torch.no_grad():
+        model.network.stem.conv.weight.fill_(float("nan"))
+    with pytest.raises(RuntimeError, match="not a number"):
+        segment(make_blobs(64, seed=1)[0], model, device="cpu")
+
+
+@pytest.mark.parametrize("tile", [0, 16, -5])
+def test_a_tile_size_of_zero_or_below_32_is_refused(tiny_model, make_blobs, tile):
+    with pytest.raises(ValueError, match="too small"):
+        predict_tiled(make_blobs(64, seed=1)[0], tiny_model, device="cpu", tile_size=tile)
+
+
+def test_tiles_are_capped(tiny_model, make_blobs):
+    from napari_minenet.data import MAX_TILE_SIZE
+
+    assert MAX_TILE_SIZE == 4096
+    with pytest.raises(ValueError, match="too large .maximum 4096"):
+        predict_tiled(make_blobs(64, seed=1)[0], tiny_model, device="cpu", tile_size=100_000)
+    with pytest.raises(ValueError, match="batch size"):
+        predict_tiled(make_blobs(64, seed=1)[0], tiny_model, device="cpu", batch_size=0)
+
+
+def test_a_grey_image_on_a_colour_model_can_be_refused(tiny_model, make_blobs):
+    import warnings
+
+    grey = make_blobs(64, seed=1)[0][..., 0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", GreyImageWarning)
+        with pytest.raises(GreyImageWarning, match="'tiny' was trained on colour"):
+            segment(grey, tiny_model, device="cpu")
+        segment(make_blobs(64, seed=1)[0], tiny_model, device="cpu")  # colour: no warning

@@ -31,7 +31,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data import Normalizer, as_rgb_or_grey, check_image, rescale_image, working_scale
+from .data import (
+    MAX_TILE_SIZE,
+    GreyImageWarning,
+    Normalizer,
+    as_rgb_or_grey,
+    check_image,
+    rescale_image,
+    working_scale,
+)
 from .model import fuse_for_inference
 from .zoo import SegmentationModel, load_model
 
@@ -293,14 +301,33 @@ def predict_tiled(
     and the run retried; below 256 px it falls back to the CPU with a warning.
     ``test_time_augmentation`` (default: the card's) averages the prediction over 1, 2,
     4 or 8 rotations / flips of the image (8 = all of them), at that many times the cost.
+
+    ``tile_size`` is from 32 to :data:`~napari_minenet.data.MAX_TILE_SIZE` pixels. A grey
+    image given to a colour (3-channel) model gives a :class:`~napari_minenet.data.GreyImageWarning`
+    (the prediction is unreliable); turn it into an error with ``warnings.simplefilter("error",
+    GreyImageWarning)``. A prediction that is not finite raises ``RuntimeError``.
     """
     model = load_model(model) if not isinstance(model, SegmentationModel) else model
     card = model.card
     image = check_image(image)
-    tile_size = int(tile_size or card.tile_size)
-    overlap = int(card.tile_overlap if overlap is None else overlap)
+    tile_size = card.tile_size if tile_size is None else tile_size
+    overlap = card.tile_overlap if overlap is None else overlap
+    if isinstance(tile_size, bool) or not isinstance(tile_size, (int, np.integer)):
+        raise ValueError(f"tile size must be an integer number of pixels, not {tile_size!r}")
     if tile_size < 32:
         raise ValueError(f"tile size {tile_size} is too small (minimum 32)")
+    if tile_size > MAX_TILE_SIZE:
+        raise ValueError(f"tile size {tile_size} is too large (maximum {MAX_TILE_SIZE}; larger tiles only "
+                         "cost memory)")
+    tile_size, overlap = int(tile_size), int(overlap)
+    if overlap < 0:
+        raise ValueError(f"tile overlap must be >= 0, not {overlap}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch size must be a positive integer, not {batch_size!r}")
+    if card.in_channels == 3 and image.ndim == 2:
+        warnings.warn(GreyImageWarning(
+            f"model {card.name!r} was trained on colour (RGB) images but this image is grey: the result is "
+            "unreliable (often far too much foreground); use the colour original"), stacklevel=2)
     _autocast(torch.device("cpu"), precision)  # reject an unknown precision before any work
     tile_size -= tile_size % GRID
     if overlap > tile_size // 2:
@@ -380,9 +407,11 @@ def _predict_tiles(image, model, device, tile_size, overlap, batch_size, precisi
     one_tile = len(ys) == 1 and len(xs) == 1
     net, logits = _prepare(model, image, normalizer, device, keep_output=one_tile)
     if logits is not None:  # the statistics pass covered the whole image: it is the prediction
+        out = torch.sigmoid(logits.float())[0].cpu().numpy()
+        _check_finite(out)
         if progress is not None:
             progress(1, 1)
-        return np.clip(torch.sigmoid(logits.float())[0].cpu().numpy(), 0.0, 1.0)
+        return np.clip(out, 0.0, 1.0)
     wy, wx = blend_weights(h, ys, overlap), blend_weights(w, xs, overlap)
     boxes = [(i, j) for i in range(len(ys)) for j in range(len(xs))]
     out = np.zeros((card.out_channels, h, w), out_dtype)
@@ -409,6 +438,7 @@ def _predict_tiles(image, model, device, tile_size, overlap, batch_size, precisi
             with autocast:
                 logits = net(x)
             prob = torch.sigmoid(logits.float()).cpu().numpy()
+            _check_finite(prob)
             for k, (i, j) in enumerate(chunk):
                 weight = wy[i][:, None] * wx[j][None, :]
                 out[:, ys[i][0] : ys[i][1], xs[j][0] : xs[j][1]] += prob[k] * weight
@@ -417,6 +447,12 @@ def _predict_tiles(image, model, device, tile_size, overlap, batch_size, precisi
                 progress(done, total)
     np.clip(out, 0.0, 1.0, out=out)
     return out
+
+
+def _check_finite(prob: np.ndarray) -> None:
+    if not np.isfinite(prob).all():
+        raise RuntimeError("the network's output is not a number (NaN) for this image: its pixel values or the "
+                           "model's weights are out of range; nothing was segmented")
 
 
 def _autocast(device: torch.device, precision: str):
