@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -33,7 +34,9 @@ SCRIPTS = ("throughput", "finetune_speed", "onnx_speed", "profile_inference")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    # `napari-minenet bench ...` runs this script with its options; it names itself in the usage line
+    p = argparse.ArgumentParser(prog=os.environ.get("NAPARI_MINENET_BENCH_PROG") or None,
+                                description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="small sizes, 1 repeat (a check, not a measurement)")
     p.add_argument("--out-dir", type=Path, default=None,
                    help="where benchmarks.md / benchmarks.json go (default: docs/, or benchmarks/results-quick/ "

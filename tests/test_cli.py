@@ -84,9 +84,10 @@ def test_segment_a_stack(tmp_path, make_blobs, trained_model_path, capsys):
     path = tmp_path / "stack.tif"
     tifffile.imwrite(path, stack)
     rc = main(["segment", str(path), "-o", str(tmp_path / "out"), "--model", str(trained_model_path),
-               "--instances", "--device", "cpu"])
+               "--instances", "--device", "cpu", "--allow-grey"])  # grey planes, a colour model
     captured = capsys.readouterr()
     assert rc == 0, captured.err
+    assert "warning: model 'blobnet' was trained on colour (RGB) images but this image is grey" in captured.err
     labels = tifffile.imread(tmp_path / "out" / "stack_labels.tif")
     assert labels.shape == (5, 64, 64) and labels.dtype == np.uint32
     assert "5 planes" in captured.out
@@ -217,3 +218,233 @@ def test_demo_headless_segments_the_bundled_sample(tmp_path, capsys, monkeypatch
     labels = tifffile.imread(tmp_path / "demo" / "ihc_labels.tif")
     assert labels.shape == (512, 512) and labels.dtype == np.uint32
     assert (tmp_path / "demo" / "ihc_overlay.png").is_file()
+
+
+# --------------------------------------------------------------------------- help, bench, exit codes
+
+
+def test_help_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from napari_minenet.cli import build_parser\n"
+        "for argv in (['--help'], ['segment', '--help']):\n"
+        "    try:\n"
+        "        build_parser().parse_args(argv)\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH', file=sys.stderr)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.strip().endswith("NO-TORCH")
+    assert "segment" in proc.stdout and "--tile" in proc.stdout
+
+
+@pytest.mark.parametrize("argv", [["bench", "--quick", "--only", "throughput"],
+                                  ["bench", "--", "--quick", "--only", "throughput"]])
+def test_bench_passes_its_options_to_run_all(monkeypatch, argv):
+    import subprocess
+
+    calls = []
+    monkeypatch.setattr(subprocess, "call", lambda cmd, **kw: calls.append((cmd, kw)) or 0)
+    assert main(argv) == 0
+    (cmd, kw), = calls
+    assert cmd[1].endswith("run_all.py")
+    assert cmd[2:] == ["--quick", "--only", "throughput"]
+    assert kw["env"]["NAPARI_MINENET_BENCH_PROG"] == "napari-minenet bench"
+
+
+def test_bench_help_lists_the_benchmark_options(capfd):
+    assert main(["bench", "--help"]) == 0
+    out = capfd.readouterr().out
+    assert out.startswith("usage: napari-minenet bench")
+    for option in ("--quick", "--only", "--out-dir", "--threads", "--report-only"):
+        assert option in out
+
+
+def test_top_level_help_names_the_bench_options_and_exit_codes(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert "--quick" in out and "exit codes:" in out
+
+
+def test_finetune_help_documents_exit_code_3(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["finetune", "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "exit codes:" in out and "3    finetune: the new version did not beat the current model" in out
+    assert "(default 60" in out  # defaults still come from FinetuneConfig
+
+
+def test_readme_documents_exit_codes_and_limits():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("### Exit codes and limits", 1)[1].split("\n## ", 1)[0]
+    for text in ("| 3 |", "| 2 |", "NAPARI_MINENET_MAX_IMAGE_PIXELS", "1,000,000,000", "4096"):
+        assert text in section
+
+
+# --------------------------------------------------------------------------- bad arguments: one line each
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["finetune", "--model", "m", "--data", "d", "--lr", "nan"], "--lr: nan is not a finite number"),
+    (["finetune", "--model", "m", "--data", "d", "--lr", "-1"], "--lr: -1 must be greater than 0"),
+    (["finetune", "--model", "m", "--data", "d", "--batch-size", "0"], "--batch-size: 0 is out of range"),
+    (["finetune", "--model", "m", "--data", "d", "--max-seconds", "nan"], "--max-seconds: nan is not a finite"),
+    (["finetune", "--model", "m", "--data", "d", "--max-seconds", "-5"], "--max-seconds: -5 must be greater than 0"),
+    (["segment", "a.png", "-o", "out", "--tile", "0"], "--tile: 0 is out of range: use 32 to 4096"),
+    (["segment", "a.png", "-o", "out", "--tile", "100000"], "--tile: 100000 is out of range: use 32 to 4096"),
+    (["segment", "a.png", "-o", "out", "--threshold", "2"], "--threshold: 2 is out of range"),
+    (["segment", "a.png", "-o", "out", "--bogus"], "unrecognized arguments: --bogus"),
+    (["train", "--data", "d", "-o", "o", "--epochs", "0"], "--epochs: 0 is below 1"),
+])
+def test_bad_arguments_give_one_line_and_exit_2(capsys, argv, message):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert len(err.strip().splitlines()) == 1 and _no_traceback(err)
+
+
+# --------------------------------------------------------------------------- segment: outputs, progress, grey
+
+
+def test_segment_progress_shows_the_total_from_the_first_line(blobs_png, tiny_model_path, tmp_path, capsys):
+    path, _ = blobs_png
+    rc = main(["segment", str(path), "-o", str(tmp_path / "out"), "--model", str(tiny_model_path),
+               "--device", "cpu", "--tile", "128"])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    first = next(part for part in err.replace("\r", "\n").splitlines() if part.strip())
+    assert "0tile [" not in err  # the old first line: "blobs.png: 0tile [00:00, ?tile/s]"
+    import re
+
+    assert re.search(r"\b0/(\d+) \[00:00<", first), first
+
+
+def test_segment_inputs_with_the_same_stem_get_distinct_outputs(tmp_path, make_blobs, tiny_model_path, capsys):
+    image, _ = make_blobs(64, seed=3)
+    (tmp_path / "in").mkdir()
+    iio.imwrite(tmp_path / "in" / "a.png", image)
+    tifffile.imwrite(tmp_path / "in" / "a.tif", image[::-1].copy(), photometric="rgb")
+    out = tmp_path / "out"
+    argv = ["segment", str(tmp_path / "in" / "a.png"), str(tmp_path / "in" / "a.tif"), "-o", str(out),
+            "--model", str(tiny_model_path), "--device", "cpu"]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert (out / "a_png_labels.tif").is_file() and (out / "a_tif_labels.tif").is_file()
+    assert not (out / "a_labels.tif").exists()
+    assert "replaced" not in captured.out
+    assert main(argv) == 0  # a second run into the same folder says that it replaced its outputs
+    assert captured.out.count("\n") == 2 and capsys.readouterr().out.count("replaced the earlier output") == 2
+
+
+def test_segment_refuses_a_grey_image_for_a_colour_model(tmp_path, make_blobs, tiny_model_path, capsys):
+    grey = make_blobs(64, seed=3, rgb=False)[0]
+    iio.imwrite(tmp_path / "grey.png", grey)
+    out = tmp_path / "out"
+    rc = main(["segment", str(tmp_path / "grey.png"), "-o", str(out), "--model", str(tiny_model_path),
+               "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert rc == 1
+    line = next(line for line in err.replace("\r", "\n").splitlines() if line.startswith("error:"))
+    assert "trained on colour (RGB) images but this image is grey" in line and "--allow-grey" in line
+    assert not list(out.glob("*.tif")) and _no_traceback(err)
+    assert main(["segment", str(tmp_path / "grey.png"), "-o", str(out), "--model", str(tiny_model_path),
+                 "--device", "cpu", "--allow-grey"]) == 0
+    assert "warning: model 'tiny' was trained on colour" in capsys.readouterr().err
+
+
+def test_segment_into_an_existing_file(blobs_png, tiny_model_path, tmp_path, capsys):
+    path, _ = blobs_png
+    target = tmp_path / "out.txt"
+    target.write_text("keep me")
+    rc = main(["segment", str(path), "-o", str(target), "--model", str(tiny_model_path)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "is a file, not a folder" in err
+    assert len(err.strip().splitlines()) == 1 and _no_traceback(err)
+    assert target.read_text() == "keep me"
+
+
+def test_segment_removes_stale_temporary_files_in_the_output(blobs_png, tiny_model_path, tmp_path, capsys):
+    import os
+
+    path, _ = blobs_png
+    out = tmp_path / "out"
+    out.mkdir()
+    stale = out / ".blobs_labels.tif.x1y2z3.tmp"
+    stale.write_bytes(b"half")
+    os.utime(stale, (stale.stat().st_mtime - 7200,) * 2)
+    assert main(["segment", str(path), "-o", str(out), "--model", str(tiny_model_path), "--device", "cpu"]) == 0
+    assert not stale.exists()
+
+
+# --------------------------------------------------------------------------- models and cards: one line each
+
+
+@pytest.mark.parametrize("change", [{"default_threshold": "x"}, {"normalization": None},
+                                    {"architecture": "MiniNet"}, {"architecture": {"name": "MiniNet", "width": -1}},
+                                    {"architecture": {"name": "MiniNet", "width": 100000}},
+                                    {"working_long_side": "512"}, {"working_long_side": 10**6},
+                                    {"normalization": {"mean": [0.5] * 3, "std": [0, 0, 0]}}])
+def test_segment_with_a_bad_card_gives_one_line(blobs_png, tiny_model_path, tmp_path, capsys, change):
+    card = tiny_model_path.with_suffix(".json")
+    data = json.loads(card.read_text())
+    data.update(change)
+    card.write_text(json.dumps(data))
+    path, _ = blobs_png
+    rc = main(["segment", str(path), "-o", str(tmp_path / "out"), "--model", str(tiny_model_path)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "is invalid" in err
+    assert len(err.strip().splitlines()) == 1 and _no_traceback(err)
+
+
+@pytest.mark.parametrize("change", [{"created": 5}, {"metrics": [1]}, {"name": None}])
+def test_models_skips_a_bad_user_card_with_a_warning(tiny_model, capsys, change):
+    weights = save_model(tiny_model, user_models_dir(create=True) / "tiny")
+    data = json.loads(weights.with_suffix(".json").read_text())
+    data.update(change)
+    weights.with_suffix(".json").write_text(json.dumps(data))
+    assert main(["models"]) == 0
+    captured = capsys.readouterr()
+    names = [line.split()[0] for line in captured.out.splitlines() if line.strip()]
+    assert {"nuclei", "vessels", "lesion"} <= set(names) and "tiny" not in names
+    warning_lines = [line for line in captured.err.splitlines() if line.startswith("warning:")]
+    assert len(warning_lines) == 1 and "tiny.safetensors" in warning_lines[0]
+    assert _no_traceback(captured.err)
+
+
+def test_a_pickled_model_file_is_refused_with_the_reason(blobs_png, tmp_path, capsys):
+    path, _ = blobs_png
+    (tmp_path / "x.pt").write_bytes(b"\x80\x04K\x01.")
+    rc = main(["segment", str(path), "-o", str(tmp_path / "out"), "--model", str(tmp_path / "x.pt")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "pickled PyTorch files" in err and "arbitrary code" in err and ".safetensors" in err
+    assert "x.pt.safetensors" not in err
+
+
+def test_finetune_refuses_an_existing_output_before_training(blob_dataset, tiny_model_path, tmp_path, capsys):
+    before = tiny_model_path.read_bytes()
+    rc = main(["finetune", "--model", str(tiny_model_path), "--data", str(blob_dataset), "-o",
+               str(tiny_model_path), "--max-seconds", "5"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "already exists" in err and _no_traceback(err)
+    assert tiny_model_path.read_bytes() == before
+
+
+def test_train_refuses_float_labels_in_one_line(tmp_path, make_blobs, capsys):
+    for sub in ("images", "labels"):
+        (tmp_path / "d" / sub).mkdir(parents=True)
+    image, labels = make_blobs(64, seed=1)
+    iio.imwrite(tmp_path / "d" / "images" / "a.png", image)
+    tifffile.imwrite(tmp_path / "d" / "labels" / "a.tif", labels.astype(np.float32))
+    rc = main(["train", "--data", str(tmp_path / "d"), "-o", str(tmp_path / "m"), "--epochs", "1"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "expected integers" in err
+    assert len(err.strip().splitlines()) == 1 and _no_traceback(err)

@@ -1,20 +1,135 @@
 """``napari-minenet``: the command line. Argument parsing, progress bars and files only;
-every subcommand calls the same core functions as the napari widget."""
+every subcommand calls the same core functions as the napari widget.
+
+Building the parser imports neither torch nor the core modules that need it, so
+``--help`` is instant; each subcommand imports what it uses when it runs.
+"""
 
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import shlex
 import sys
+import warnings
 from pathlib import Path
 
-__all__ = ["main", "build_parser"]
+from .data import MAX_IMAGE_PIXELS, MAX_IMAGE_PIXELS_ENV, MAX_TILE_SIZE, MAX_WORKING_LONG_SIDE
+
+__all__ = ["main", "build_parser", "EXIT_CODES"]
+
+EXIT_CODES = f"""exit codes:
+  0    success
+  1    segment: some images failed (the others were written); bench: a benchmark failed
+  2    usage error, or an input / model / file error (one line on stderr)
+  3    finetune: the new version did not beat the current model and was not kept
+  130  interrupted (Ctrl+C)
+
+limits: images over {MAX_IMAGE_PIXELS:,} pixels (all planes together) are refused before
+decoding (environment variable {MAX_IMAGE_PIXELS_ENV} changes it); tiles are 32 to
+{MAX_TILE_SIZE} px. Set NAPARI_MINENET_DEBUG=1 to see the traceback behind an error."""
 
 
 def _progress_bar(total: int, desc: str, unit: str):
     from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, leave=False)
+
+
+class _LazyProgress:
+    """A ``progress(done, total)`` callback whose bar starts at the first call, when the
+    total is known: its first line already reads ``0/12 [00:00<?, ...]``, never ``0tile``."""
+
+    def __init__(self, desc: str, unit: str) -> None:
+        self.desc, self.unit, self.bar = desc, unit, None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is None:
+            self.bar = _progress_bar(total, self.desc, self.unit)
+        if self.bar.total != total:
+            self.bar.total = total
+        self.bar.n = done
+        self.bar.refresh()
+
+    def write(self, text: str) -> None:
+        if self.bar is None:
+            print(text)
+        else:
+            self.bar.write(text)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+# --------------------------------------------------------------------------- argument types
+
+
+def _int_in(lo: int, hi: int | None = None):
+    """argparse type: an integer from lo to hi (inclusive)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < lo or (hi is not None and value > hi):
+            raise argparse.ArgumentTypeError(
+                f"{value} is out of range: use {lo} to {hi}" if hi is not None else f"{value} is below {lo}")
+        return value
+
+    return parse
+
+
+def _number(*, positive: bool = False, lo: float | None = None, hi: float | None = None):
+    """argparse type: a finite number (> 0 with ``positive``; within [lo, hi])."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text} is not a finite number")
+        if positive and value <= 0:
+            raise argparse.ArgumentTypeError(f"{text} must be greater than 0")
+        if lo is not None and value < lo:
+            raise argparse.ArgumentTypeError(f"{text} is below {lo:g}" if hi is None else
+                                             f"{text} is out of range: use {lo:g} to {hi:g}")
+        if hi is not None and value > hi:
+            raise argparse.ArgumentTypeError(f"{text} is out of range: use {lo if lo is not None else '-inf'} "
+                                             f"to {hi:g}")
+        return value
+
+    return parse
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line (``napari-minenet segment: error: ... (see --help)``)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class _ConfigDefault:
+    """A default that lives in ``FinetuneConfig`` (which imports torch), read only when it
+    is needed: when ``finetune`` runs, or ``finetune --help`` prints it."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def value(self):
+        from .finetuning import FinetuneConfig
+
+        return getattr(FinetuneConfig(), self.name)
+
+    def __str__(self) -> str:
+        return str(self.value())
+
+
+def _value(v):
+    return v.value() if isinstance(v, _ConfigDefault) else v
 
 
 # --------------------------------------------------------------------------- train
@@ -33,13 +148,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
     command = "napari-minenet " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     gen = train(args.data, args.output, cfg, val_data=args.val_data, name=args.name, resume=args.resume,
                 command=command, licence=args.licence)
-    bar = _progress_bar(cfg.epochs * cfg.steps_per_epoch, "training", "step")
+    total = cfg.epochs * cfg.steps_per_epoch
+    bar = _LazyProgress("training", "step")  # starts with the first record: data errors come first
 
     def show(rec) -> None:
         if rec.kind == "step":
-            bar.n = rec.step
-            bar.set_postfix(epoch=rec.epoch, loss=f"{rec.loss:.4f}", lr=f"{rec.lr:.1e}", refresh=False)
-            bar.refresh()
+            bar(rec.step, total)
+            bar.bar.set_postfix(epoch=rec.epoch, loss=f"{rec.loss:.4f}", lr=f"{rec.lr:.1e}", refresh=True)
         elif rec.kind == "validation":
             extra = " ".join(f"{k}={v:.4f}" for k, v in rec.val_metrics.items() if k in ("f1", "aji", "auc"))
             bar.write(f"epoch {rec.epoch:3d}  step {rec.step:6d}  {rec.elapsed / 60:6.1f} min  "
@@ -59,74 +174,106 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-
 # --------------------------------------------------------------------------- segment
 
 
-def _tile_progress(bar):
-    def callback(done: int, total: int) -> None:
-        bar.total = total
-        bar.n = done
-        bar.refresh()
+def _output_stems(paths: list[Path]) -> list[tuple[Path, str]]:
+    """(input, output stem) with stems unique in the run: ``a.png a.tif`` -> ``a_png``,
+    ``a_tif``; the same name in two folders -> ``a``, ``a-2``. A file given twice is
+    segmented once."""
+    unique, seen = [], set()
+    for path in paths:
+        key = os.path.normcase(os.path.abspath(path))
+        if key in seen:
+            print(f"note: {path} was given twice; segmenting it once", file=sys.stderr)
+            continue
+        seen.add(key)
+        unique.append(path)
+    counts: dict[str, int] = {}
+    for path in unique:
+        counts[path.stem] = counts.get(path.stem, 0) + 1
+    stems, used = [], set()
+    for path in unique:
+        stem = path.stem if counts[path.stem] == 1 else f"{path.stem}_{path.suffix.lstrip('.').lower() or 'noext'}"
+        candidate, n = stem, 1
+        while candidate in used:
+            n += 1
+            candidate = f"{stem}-{n}"
+        used.add(candidate)
+        stems.append((path, candidate))
+    return stems
 
-    return callback
 
-
-def _write_outputs(out_dir: Path, stem: str, labels, prob, image, *, save_probability: bool, overlay: bool) -> list[Path]:
+def _write_outputs(out_dir: Path, stem: str, labels, prob, image, *, save_probability: bool,
+                   overlay: bool) -> tuple[list[Path], bool]:
+    """Write the outputs of one image; returns (paths, whether an earlier output was replaced)."""
     from .files import write_png, write_tiff
 
-    written = []
+    written, replaced = [], False
     path = out_dir / f"{stem}_labels.tif"
+    replaced |= path.exists()
     write_tiff(path, labels)
     written.append(path)
     if save_probability:
         path = out_dir / f"{stem}_probability.tif"
+        replaced |= path.exists()
         write_tiff(path, prob.astype("float32"))
         written.append(path)
     if overlay and labels.ndim == 2:
         from .visualize import outline_overlay
 
         path = out_dir / f"{stem}_overlay.png"
+        replaced |= path.exists()
         write_png(path, outline_overlay(image, labels))
         written.append(path)
-    return written
+    return written, replaced
 
 
 def _segment_files(paths, out_dir: Path, args) -> int:
-    from .data import read_image
+    from .data import GreyImageWarning, read_image
+    from .files import remove_stale_temp_files
     from .segmentation import segment, segment_stack, split_planes, summarize
     from .zoo import load_model
 
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FileExistsError(f"the output {out_dir} is a file, not a folder; give a folder for -o")
     model = load_model(args.model)
     out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temp_files(out_dir)
     instances = args.instances
     failures = 0
-    for path in paths:
-        path = Path(path)
+    for path, stem in _output_stems([Path(p) for p in paths]):
         try:
             image = read_image(path)
             lead, _ = split_planes(image)
-            bar = _progress_bar(0, path.name, "tile")
+            bar = _LazyProgress(path.name, "plane" if lead else "tile")
             try:
                 kwargs = dict(instances=instances, threshold=args.threshold, min_size=args.min_size,
                               device=args.device, tile_size=args.tile, batch_size=args.batch_size)
-                if lead:
-                    stack = segment_stack(image, model, progress=_tile_progress(bar), **kwargs)
-                    labels, prob = stack.labels, stack.probability
-                    summary = f"{len(stack.planes)} planes, " + summarize(labels, model.card.object_name,
-                                                                          stack.instances)
-                else:
-                    result = segment(image, model, progress=_tile_progress(bar), **kwargs)
-                    labels, prob = result.labels, result.probability
-                    summary = summarize(labels, model.card.object_name, result.instances)
+                with warnings.catch_warnings():
+                    if not args.allow_grey:  # a grey image on a colour model: refuse (one line) unless asked
+                        warnings.simplefilter("error", GreyImageWarning)
+                    if lead:
+                        stack = segment_stack(image, model, progress=bar, **kwargs)
+                        labels, prob = stack.labels, stack.probability
+                        summary = f"{len(stack.planes)} planes, " + summarize(labels, model.card.object_name,
+                                                                              stack.instances)
+                    else:
+                        result = segment(image, model, progress=bar, **kwargs)
+                        labels, prob = result.labels, result.probability
+                        summary = summarize(labels, model.card.object_name, result.instances)
             finally:
                 bar.close()
-            written = _write_outputs(out_dir, path.stem, labels, prob, image,
-                                     save_probability=args.save_probability, overlay=args.overlay)
-            print(f"{path.name}: {summary} -> {', '.join(str(w) for w in written)}")
+            written, replaced = _write_outputs(out_dir, stem, labels, prob, image,
+                                               save_probability=args.save_probability, overlay=args.overlay)
+            print(f"{path.name}: {summary} -> {', '.join(str(w) for w in written)}"
+                  + (" (replaced the earlier output)" if replaced else ""))
+        except GreyImageWarning as exc:
+            failures += 1
+            print(f"error: {path}: {exc} (--allow-grey segments it anyway)", file=sys.stderr)
         except (ValueError, OSError, RuntimeError) as exc:
             failures += 1
-            print(f"error: {path}: {exc}", file=sys.stderr)
+            print(f"error: {path}: {_one_line(exc)}", file=sys.stderr)
     return 1 if failures else 0
 
 
@@ -150,7 +297,8 @@ def _cmd_models(args: argparse.Namespace) -> int:
         splits = sorted((m.metrics or {}).items(), key=lambda kv: not kv[0].startswith("test"))
         for split, values in splits:
             if isinstance(values, dict):
-                shown = " ".join(f"{k}={values[k]:.3f}" for k in ("f1", "aji", "auc", "jaccard") if k in values)
+                shown = " ".join(f"{k}={values[k]:.3f}" for k in ("f1", "aji", "auc", "jaccard")
+                                 if isinstance(values.get(k), (int, float)) and not isinstance(values[k], bool))
                 metrics = f"{split.split(':')[0].split(',')[0]}: {shown}"
                 break
         print(f"{m.name:<28} {m.task:<8} {m.source:<8} {metrics:<44} {m.parent or ''}")
@@ -163,10 +311,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluation import METRIC_KEYS, evaluate
     from .zoo import atomic_write_json
 
-    bar = _progress_bar(0, "evaluating", "image")
+    bar = _LazyProgress("evaluating", "image")
     try:
         report = evaluate(args.data, args.model, device=args.device, threshold=args.threshold,
-                          use_contours=not args.ignore_contours, ids=args.ids, progress=_tile_progress(bar))
+                          use_contours=not args.ignore_contours, ids=args.ids, progress=bar)
     finally:
         bar.close()
     keys = [k for k in METRIC_KEYS if k in report["mean"]]
@@ -185,10 +333,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         key = args.record if args.record != "auto" else f"test: {args.data}"
         model.card.metrics[key] = {"data": str(args.data), "command": "napari-minenet " + " ".join(
             shlex.quote(a) for a in sys.argv[1:]), "threshold": report["threshold"], **report["mean"]}
-        save_model(model, model.path)
+        save_model(model, model.path, overwrite=True)  # the same model, its card updated
         print(f"recorded in the model card of {model.card.name} as {key!r}")
     return 0
-
 
 
 # --------------------------------------------------------------------------- finetune
@@ -198,21 +345,26 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     from .finetuning import FinetuneConfig, finetune
     from .training import run_to_end
 
-    cfg = FinetuneConfig(max_seconds=args.max_seconds, lr=args.lr, l2sp=args.l2sp, seed=args.seed,
-                         train=args.train, device=args.device, patch_size=args.patch_size,
-                         batch_size=args.batch_size)
+    if args.output is not None:  # refuse before the work, not after it
+        out = Path(args.output)
+        weights = out if out.suffix == ".safetensors" else out.with_name(out.name + ".safetensors")
+        if weights.exists():
+            raise FileExistsError(f"a model already exists at {weights}; choose another -o")
+    cfg = FinetuneConfig(max_seconds=_value(args.max_seconds), lr=_value(args.lr), l2sp=_value(args.l2sp),
+                         seed=args.seed, train=_value(args.train), device=args.device,
+                         patch_size=_value(args.patch_size), batch_size=_value(args.batch_size))
     gen = finetune(args.model, args.data, cfg, output=args.output)
-    bar = _progress_bar(int(cfg.max_seconds), "fine-tuning", "s")
+    total = max(1, int(cfg.max_seconds))
+    bar = _LazyProgress("fine-tuning", "s")  # starts with the first record: data errors come first
 
     def show(rec) -> None:
-        bar.n = min(int(rec.elapsed), bar.total)
+        bar(min(int(rec.elapsed), total), total)
         if rec.kind == "step":
-            bar.set_postfix(step=rec.step, loss=f"{rec.loss:.4f}", refresh=False)
+            bar.bar.set_postfix(step=rec.step, loss=f"{rec.loss:.4f}", refresh=True)
         elif rec.kind == "validation" and rec.val_loss is not None:
             bar.write(f"{rec.elapsed:6.1f} s  step {rec.step:5d}  held-out loss {rec.val_loss:.4f}"
                       + (f"  F1 {rec.val_score:.4f}" if rec.val_score is not None else "")
                       + ("  *" if rec.improved else "") + (f"  ({rec.message})" if rec.message else ""))
-        bar.refresh()
 
     try:
         result = run_to_end(gen, show)
@@ -223,7 +375,6 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     if result.saved_to:
         print(f"saved {result.saved_to}")
     return 0 if result.accepted else 3
-
 
 
 # --------------------------------------------------------------------------- export / bench
@@ -245,7 +396,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         print("error: the benchmarks ship with the source repository (benchmarks/run_all.py), "
               "not with the installed package", file=sys.stderr)
         return 2
-    return subprocess.call([sys.executable, str(script), *args.bench_args])
+    env = dict(os.environ, NAPARI_MINENET_BENCH_PROG="napari-minenet bench")
+    return subprocess.call([sys.executable, str(script), *args.bench_args], env=env)
 
 
 # --------------------------------------------------------------------------- demo
@@ -277,27 +429,38 @@ def _add_segment_options(p: argparse.ArgumentParser, model_default: str | None =
     p.add_argument("--model", default=model_default, help="model name (see `models`) or path to .safetensors")
     p.add_argument("--instances", action=argparse.BooleanOptionalAction, default=None,
                    help="one label per object (default: from the model: nuclei yes, vessels/lesion no)")
-    p.add_argument("--threshold", type=float, default=None, help="foreground threshold (default: model's)")
-    p.add_argument("--min-size", type=int, default=None, help="remove objects smaller than this (pixels)")
+    p.add_argument("--threshold", type=_number(lo=0.0, hi=1.0), default=None,
+                   help="foreground threshold, 0 to 1 (default: model's)")
+    p.add_argument("--min-size", type=_int_in(0), default=None, help="remove objects smaller than this (pixels)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
-    p.add_argument("--tile", type=int, default=None, help="tile size in pixels (default: model's)")
-    p.add_argument("--batch-size", type=int, default=1, help="tiles per batch")
+    p.add_argument("--tile", type=_int_in(32, MAX_TILE_SIZE), default=None,
+                   help=f"tile size in pixels, 32 to {MAX_TILE_SIZE} (default: model's, 1024 for the built-ins)")
+    p.add_argument("--batch-size", type=_int_in(1, 64), default=1, help="tiles per batch, 1 to 64")
     p.add_argument("--save-probability", action="store_true", help="also write the probability map")
     p.add_argument("--overlay", action=argparse.BooleanOptionalAction, default=True,
                    help="write a PNG with the outlines drawn on the image")
+    p.add_argument("--allow-grey", "--allow-gray", action="store_true",
+                   help="segment grey images with a colour model anyway (refused by default: the result is "
+                        "unreliable)")
 
 
 # --------------------------------------------------------------------------- parser
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    """The parser; building it imports no torch (``--help`` is instant)."""
+    raw = argparse.RawDescriptionHelpFormatter
+    parser = _Parser(
         prog="napari-minenet",
         description="Mini-Net segmentation of nuclei, retinal vessels and skin lesions (headless tools).",
+        epilog=EXIT_CODES, formatter_class=raw,
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("segment", help="segment images and write label TIFFs")
+    p = sub.add_parser("segment", help="segment images and write label TIFFs", epilog=EXIT_CODES, formatter_class=raw,
+                       description="Segment images and write <name>_labels.tif (+ overlay / probability) to the "
+                                   "output folder. Inputs with the same name get unique outputs (a.png a.tif -> "
+                                   "a_png_labels.tif, a_tif_labels.tif).")
     p.add_argument("images", nargs="+", help="TIFF / PNG / JPEG files (stacks are segmented plane by plane)")
     p.add_argument("-o", "--output", required=True, help="output folder")
     _add_segment_options(p)
@@ -310,7 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True)
     p.add_argument("--model", required=True)
     p.add_argument("--device", default="auto")
-    p.add_argument("--threshold", type=float, default=None)
+    p.add_argument("--threshold", type=_number(lo=0.0, hi=1.0), default=None)
     p.add_argument("--json", help="write the report as JSON")
     p.add_argument("--ids", nargs="+", help="only these image ids (e.g. the validation images in a model card)")
     p.add_argument("--record", nargs="?", const="auto", metavar="KEY",
@@ -319,20 +482,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="split instances without the contour channel (to measure what it gains)")
     p.set_defaults(func=_cmd_evaluate)
 
-    p = sub.add_parser("finetune", help="fine-tune a model on corrected examples (same folder layout as train)")
+    p = sub.add_parser("finetune", help="fine-tune a model on corrected examples (same folder layout as train)",
+                       epilog=EXIT_CODES, formatter_class=raw,
+                       description="Fine-tune a model on corrected examples. The new version is kept only if it "
+                                   "beats the current model on a held-out part of the examples: exit code 0 when "
+                                   "it is kept, 3 when it is not.")
     p.add_argument("--model", required=True, help="parent model name or path")
     p.add_argument("--data", required=True, help="folder with images/ and masks/ (optional labels/)")
     p.add_argument("-o", "--output", help="output weights path (default: a new version in the user models folder)")
-    from .finetuning import FinetuneConfig  # the defaults live in one place
-
-    ft = FinetuneConfig()
-    p.add_argument("--max-seconds", type=float, default=ft.max_seconds, help="time budget (default %(default)s s)")
-    p.add_argument("--train", choices=["norm", "all"], default=ft.train,
+    # the defaults live in one place (FinetuneConfig), read only when needed: it imports torch
+    p.add_argument("--max-seconds", type=_number(positive=True), default=_ConfigDefault("max_seconds"),
+                   help="time budget in seconds, > 0 (default %(default)s)")
+    p.add_argument("--train", choices=["norm", "all"], default=_ConfigDefault("train"),
                    help="which weights learn: BatchNorm + classifier only (default, safe) or all")
-    p.add_argument("--lr", type=float, default=ft.lr, help="learning rate (default %(default)s; ~3e-4 with --train all)")
-    p.add_argument("--l2sp", type=float, default=ft.l2sp, help="pull towards the parent's weights (0 = off)")
-    p.add_argument("--patch-size", type=int, default=ft.patch_size)
-    p.add_argument("--batch-size", type=int, default=ft.batch_size)
+    p.add_argument("--lr", type=_number(positive=True), default=_ConfigDefault("lr"),
+                   help="learning rate, > 0 (default %(default)s; ~3e-4 with --train all)")
+    p.add_argument("--l2sp", type=_number(lo=0.0), default=_ConfigDefault("l2sp"),
+                   help="pull towards the parent's weights, >= 0 (0 = off; default %(default)s)")
+    p.add_argument("--patch-size", type=_int_in(32, MAX_TILE_SIZE), default=_ConfigDefault("patch_size"),
+                   help="training patch size in pixels (default %(default)s)")
+    p.add_argument("--batch-size", type=_int_in(1, 256), default=_ConfigDefault("batch_size"),
+                   help="patches per step (default %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_cmd_finetune)
@@ -340,12 +510,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="export a model to ONNX")
     p.add_argument("--model", required=True, help="model name or path")
     p.add_argument("-o", "--output", required=True, help="output .onnx path")
-    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--opset", type=_int_in(7, 99), default=17)
     p.set_defaults(func=_cmd_export)
 
-    p = sub.add_parser("bench", help="run the speed / memory benchmarks (benchmarks/run_all.py)")
-    p.add_argument("bench_args", nargs=argparse.REMAINDER, help="options passed to benchmarks/run_all.py")
-    p.set_defaults(func=_cmd_bench)
+    # every option goes to benchmarks/run_all.py, whose --help lists them (main passes them on)
+    p = sub.add_parser("bench", add_help=False,
+                       help="speed / memory benchmarks (benchmarks/run_all.py): --quick, --only NAME..., "
+                            "--out-dir DIR, --threads N, --device D, --sizes N..., --report-only; "
+                            "`bench --help` lists them all")
+    p.set_defaults(func=_cmd_bench, bench_args=[])
 
     p = sub.add_parser("demo", help="open napari on the bundled sample and segment it (headless without a display)")
     p.add_argument("--sample", choices=["ihc", "retina"], default="ihc")
@@ -357,24 +530,25 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a new model on a dataset folder")
     p.add_argument("--data", required=True, help="folder with images/ and masks/ (optional labels/, fov/)")
     p.add_argument("--val-data", help="separate validation folder (default: hold out --val-fraction)")
-    p.add_argument("--val-fraction", type=float, default=0.2)
+    p.add_argument("--val-fraction", type=_number(lo=0.0, hi=0.9), default=0.2)
     p.add_argument("--task", choices=["nuclei", "vessels", "lesion", "custom"], default="custom")
     p.add_argument("-o", "--output", required=True, help="output weights path (…/name[.safetensors])")
     p.add_argument("--name", help="model name (default: output file name)")
-    p.add_argument("--epochs", type=int, default=100)
-    p.add_argument("--steps-per-epoch", type=int, default=100)
-    p.add_argument("--patch-size", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--lr", type=float, default=1e-4, help="initial learning rate (paper: 1e-4)")
+    p.add_argument("--epochs", type=_int_in(1), default=100)
+    p.add_argument("--steps-per-epoch", type=_int_in(1), default=100)
+    p.add_argument("--patch-size", type=_int_in(32, MAX_TILE_SIZE), default=None)
+    p.add_argument("--batch-size", type=_int_in(1, 256), default=8)
+    p.add_argument("--lr", type=_number(positive=True), default=1e-4, help="initial learning rate (paper: 1e-4)")
     p.add_argument("--lr-schedule", choices=["constant", "cosine"], default="constant")
-    p.add_argument("--patience", type=int, default=4, help="early-stopping patience in epochs (paper: 4)")
+    p.add_argument("--patience", type=_int_in(1), default=4, help="early-stopping patience in epochs (paper: 4)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
-    p.add_argument("--max-minutes", type=float, default=None, help="stop after this much training time")
+    p.add_argument("--threads", type=_int_in(1), default=None, help="CPU threads for torch")
+    p.add_argument("--max-minutes", type=_number(positive=True), default=None,
+                   help="stop after this much training time")
     p.add_argument("--contours", action=argparse.BooleanOptionalAction, default=None,
                    help="second output channel for object contours (default: on for nuclei)")
-    p.add_argument("--working-long-side", type=int, default=None,
+    p.add_argument("--working-long-side", type=_int_in(16, MAX_WORKING_LONG_SIDE), default=None,
                    help="resize images so their long side is this many pixels (lesion default: 256)")
     p.add_argument("--resume", help="checkpoint to continue from (<output>.ckpt)")
     p.add_argument("--licence", default="", help="licence of the training data, recorded in the model card")
@@ -384,20 +558,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    from .data import InputError
-    from .zoo import ModelLoadError
+def _one_line(exc: BaseException) -> str:
+    """The first line of an error's message (no traceback, no multi-line library text)."""
+    if isinstance(exc, OSError) and exc.strerror and exc.filename:
+        return f"{exc.strerror}: {exc.filename}"
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
-    try:
-        return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except (InputError, ModelLoadError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"warning: {str(message).strip().splitlines()[0] if str(message).strip() else category.__name__}",
+          file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns the exit code (see :data:`EXIT_CODES`)."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "bench":
+        args.bench_args = [a for a in extra if a != "--"]  # `bench -- --quick` works too
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning  # one line each: "warning: ..."
+        try:
+            return int(args.func(args) or 0)
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
+        except (OSError, ValueError, RuntimeError, Warning) as exc:
+            # the project's errors are ValueError (InputError, bad values) and RuntimeError
+            # (ModelLoadError, devices); files give OSError
+            if os.environ.get("NAPARI_MINENET_DEBUG"):
+                raise
+            print(f"error: {_one_line(exc)}", file=sys.stderr)
+            return 2
 
 
 if __name__ == "__main__":  # pragma: no cover
