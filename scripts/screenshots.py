@@ -33,7 +33,8 @@ def main() -> None:
     parser.add_argument("--sample", default="ihc")
     parser.add_argument("--model", default="nuclei")
     parser.add_argument("--out", default=str(DOCS / "segment.png"))
-    parser.add_argument("--zoom", type=float, default=1.0, help="zoom in this much after fitting the image")
+    parser.add_argument("--zoom", type=float, default=1.5,
+                        help="zoom in this much after fitting the image (1.5: nuclei as a pathologist views them)")
     parser.add_argument("--finetune", help="also correct, add an example, fine-tune, and save this screenshot")
     parser.add_argument("--finetune-seconds", type=int, default=30)
     parser.add_argument("--examples", default="/tmp/minenet-screenshot-examples")
@@ -54,7 +55,8 @@ def main() -> None:
     wait_for(lambda: panel.worker is None and panel.labels_layer is not None)
     QApplication.processEvents()
     viewer.reset_view()
-    viewer.camera.zoom *= args.zoom
+    camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera
+    camera.zoom *= args.zoom
     for _ in range(20):
         QApplication.processEvents()
         time.sleep(0.05)
@@ -67,20 +69,29 @@ def main() -> None:
 
 
 def finetune_screenshot(viewer, widget, args) -> None:
-    """A user's session: erase a false object, paint a missed one, add, fine-tune."""
+    """A user's session: erase the two smallest objects (false ones), paint two missed
+    nuclei (dark unlabelled spots), add the image as an example, fine-tune."""
     import shutil
 
     import numpy as np
+    from scipy import ndimage as ndi
 
     panel, learn = widget.segment_panel, widget.learn_panel
     layer = panel.labels_layer
     data = layer.data
     ids, counts = np.unique(data[data > 0], return_counts=True)
-    if ids.size:
-        layer.fill(tuple(int(v) for v in np.argwhere(data == ids[np.argmin(counts)])[0]), 0)  # erase one object
-    layer.brush_size = 12
-    layer.selected_label = int(data.max()) + 1
-    layer.paint((40, 40), layer.selected_label)  # paint a missed one
+    for ident in ids[np.argsort(counts)[:2]]:  # erase two objects
+        layer.fill(tuple(int(v) for v in np.argwhere(layer.data == ident)[0]), 0)
+    image = np.asarray(panel.source_layer.data, dtype=float)
+    grey = ndi.uniform_filter(image.mean(axis=-1) if image.ndim == 3 else image, 9)
+    room = ndi.distance_transform_edt(layer.data == 0)
+    layer.brush_size = 10
+    for _ in range(2):  # paint two missed ones, each with a new label
+        candidates = np.where(room > 12, grey, np.inf)
+        y, x = np.unravel_index(np.argmin(candidates), candidates.shape)
+        layer.selected_label = int(layer.data.max()) + 1
+        layer.paint((int(y), int(x)), layer.selected_label)
+        room[max(0, y - 40): y + 40, max(0, x - 40): x + 40] = 0
     layer.mode = "paint"
     shutil.rmtree(args.examples, ignore_errors=True)
     learn.open_store(args.examples)
