@@ -42,7 +42,7 @@ def main() -> None:
     vloss, metrics = calibrate_and_score(model, val, MiniNetLoss(alpha=card.training["config"]["alpha"]),
                                          select_device("cpu"), data)
     card.training["recalibrated"] = "thresholds and validation metrics recomputed by scripts/recalibrate_model.py"
-    save_model(model, base)
+    save_model(model, base, overwrite=True)  # recalibrating replaces the model in place
     print(json.dumps(card.metrics, indent=2))
 
 

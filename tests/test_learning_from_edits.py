@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -152,9 +154,8 @@ def test_store_never_touches_files_outside_its_folder(tmp_path):
     folder = tmp_path / "store"
     folder.mkdir()
     for ident in ("../precious/images/x", str(victim.with_suffix(""))):
-        (folder / "examples.json").write_text(
-            '{"version": 1, "examples": [{"id": %s, "source": "", "box": [0, 1, 0, 1], "shape": [1, 1], '
-            '"objects": 0}]}' % __import__("json").dumps(ident))
+        row = {"id": ident, "source": "", "box": [0, 1, 0, 1], "shape": [1, 1], "objects": 0}
+        (folder / "examples.json").write_text(json.dumps({"version": 1, "examples": [row]}))
         with pytest.raises(InputError, match="not plain names"):
             ExampleStore(folder)
     assert victim.read_bytes() == b"keep me"

@@ -15,7 +15,7 @@ pytest.importorskip("napari")
 pytest.importorskip("qtpy")
 
 import napari_minenet._qt_common as common  # noqa: E402
-from napari_minenet import inference  # noqa: E402
+from napari_minenet import finetuning, inference  # noqa: E402
 from napari_minenet._widget import MiniNetWidget  # noqa: E402
 from napari_minenet.examples import ExampleStore  # noqa: E402
 from napari_minenet.zoo import ModelCard, SegmentationModel, save_model, user_models_dir  # noqa: E402
@@ -288,13 +288,18 @@ def _segment_and_correct(make_napari_viewer, qtbot, tmp_path, model_path):
     return viewer, widget
 
 
-def test_correct_add_example_and_finetune_selects_new_version(make_napari_viewer, qtbot, tmp_path, notes):
+def test_correct_add_example_and_finetune_selects_new_version(make_napari_viewer, qtbot, tmp_path, notes,
+                                                             monkeypatch):
     parent = _make_model()
     parent_hash = _sha(parent)
     viewer, widget = _segment_and_correct(make_napari_viewer, qtbot, tmp_path, parent)
     learn, panel = widget.learn_panel, widget.segment_panel
     learn.resegment_check.setChecked(False)
     learn.config_overrides = {"lr": 5e-3, "l2sp": 0.0, "batch_size": 2, "patch_size": 96}
+    # the plumbing, not the judge (tests/test_learning_from_edits.py tests the judge): an
+    # untrained parent's corrections are one big region, so let the candidate through
+    monkeypatch.setattr(finetuning, "correction_acceptance", lambda *a, **k: (True, "the new version passes"))
+    monkeypatch.setattr(finetuning, "MIN_CORRECTIONS", 1)
     learn.start_finetune(max_seconds=8)
     qtbot.waitUntil(lambda: learn.worker is None, timeout=120_000)
     assert not notes["error"], notes["error"]
@@ -612,3 +617,17 @@ def test_progress_bar_shows_tiles_and_time_left(make_napari_viewer, qtbot):
     assert re.fullmatch(r"\d+ / \d+ tiles, ~\d+ (s|min) left", text), text
     qtbot.mouseClick(panel.cancel_button, Qt.LeftButton)
     _wait_idle(qtbot, panel)
+
+
+def test_a_grey_image_on_a_colour_model_warns_in_the_viewer(make_napari_viewer, qtbot, notes):
+    """A colour (H&E) model on a grey image gives a confident wrong answer: say so."""
+    path = _make_model()
+    grey = _blobs(96, seed=2).mean(axis=-1).astype(np.uint8)
+    viewer, widget = _widget(make_napari_viewer, qtbot, path, grey)
+    _segment(qtbot, widget.segment_panel)
+    assert any("grey" in m.lower() and "unreliable" in m for m in notes["warning"]), notes
+    notes["warning"].clear()
+    viewer.layers.clear()
+    viewer.add_image(_blobs(96, seed=2), name="colour", rgb=True)
+    _segment(qtbot, widget.segment_panel)
+    assert not notes["warning"], notes["warning"]

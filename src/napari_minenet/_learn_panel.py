@@ -7,6 +7,7 @@ Only layers, controls and threads live here; the examples folder is
 from __future__ import annotations
 
 import threading
+import time
 import weakref
 from pathlib import Path
 from typing import Any
@@ -39,11 +40,14 @@ from . import _qt_common as common
 from ._layer_data import visible_box
 from ._segment_panel import EXPECTED_ERRORS, SegmentPanel
 from .data import InputError, working_scale
+from .edits import changed_objects
 from .examples import ExampleStore, default_examples_folder
 from .finetuning import FinetuneConfig, FinetuneResult, finetune
 from .inference import Cancelled
 
 RECTANGLE_LAYER = "Mini-Net example region"
+#: the fine-tuning progress repaints at most this often (each repaint takes CPU from training)
+UI_UPDATES_PER_S = 2.0
 
 
 class LossPlot(QWidget):
@@ -62,13 +66,15 @@ class LossPlot(QWidget):
         self.train, self.held_out = [], []
         self.update()
 
-    def add_step(self, loss: float) -> None:
+    def add_step(self, loss: float, repaint: bool = True) -> None:
         self.train.append(loss)
-        self.update()
+        if repaint:
+            self.update()
 
-    def add_held_out(self, loss: float) -> None:
+    def add_held_out(self, loss: float, repaint: bool = True) -> None:
         self.held_out.append((len(self.train), loss))
-        self.update()
+        if repaint:
+            self.update()
 
     def _limits(self) -> tuple[float, float, int] | None:
         values = self.train + [v for _, v in self.held_out]
@@ -97,7 +103,8 @@ class LossPlot(QWidget):
         labels = self.axis_labels()
         y_ticks, x_ticks = labels["y_ticks"], labels["x_ticks"]
         left = 6 + max(metrics.horizontalAdvance(t) for t in (*y_ticks, labels["y"]))
-        plot = QRectF(left, text_h + 2, self.width() - left - 8, self.height() - 2 * text_h - 6)
+        top = 1.5 * text_h + 4  # the title row, then half a tick label above the plot area
+        plot = QRectF(left, top, self.width() - left - 8, self.height() - top - text_h - 4)
         text_colour = self.palette().color(QPalette.WindowText)  # readable in napari's dark and light themes
         axis_pen = QPen(QColor(150, 150, 150), 1)
         text_pen = QPen(text_colour, 1)
@@ -161,6 +168,10 @@ class LearnPanel(QWidget):
         self._pause_event = threading.Event()
         self._pbar = None
         self._budget = 60
+        self._last_loss = self._last_val = None
+        self._last_ui_update = 0.0
+        self._last_record = None
+        self._previous_labels = None  # labels before the re-segmentation that follows a kept version
         #: FinetuneConfig fields to override (advanced use and tests)
         self.config_overrides: dict[str, Any] = {}
 
@@ -254,6 +265,7 @@ class LearnPanel(QWidget):
         self.pause_button.toggled.connect(self._on_pause)
         self.cancel_button.clicked.connect(self.cancel)
         segment_panel.segmented.connect(self._on_segmented)
+        segment_panel.segmented.connect(self._report_change)
         segment_panel.relabelled.connect(lambda _: self._update_edited())
         self._refresh_list()
 
@@ -383,6 +395,9 @@ class LearnPanel(QWidget):
         full_plane = panel.source_layer.data[0] if panel.source_layer.multiscale else panel.source_layer.data
         full_hw = full_plane.shape[len(region.lead_shape): len(region.lead_shape) + 2]
         scale = working_scale(full_hw, card.working_long_side) if card and card.working_long_side else None
+        predicted = np.asarray(panel.result.labels) if panel.result is not None else None
+        if predicted is not None and predicted.ndim > 2:  # a stack segmented slice by slice
+            predicted = predicted[plane_index]
         try:
             y0, y1, x0, x1 = self._crop_box(layer, plane.shape)
             edited = self.edited_pixels()
@@ -391,6 +406,8 @@ class LearnPanel(QWidget):
                 source=panel.source_layer.name if panel.source_layer is not None else "",
                 box=(y0 + region.offset[0], y1 + region.offset[0], x0 + region.offset[1], x1 + region.offset[1]),
                 model=card.name if card else "", edited_pixels=edited, scale=scale,
+                # what the model predicted: fine-tuning learns from where the user changed it
+                before=predicted[y0:y1, x0:x1] if predicted is not None and predicted.shape == plane.shape else None,
             )
         except (InputError, OSError) as exc:
             common.notify_error(f"Could not add the example: {exc}")
@@ -463,24 +480,39 @@ class LearnPanel(QWidget):
         self.worker.start()
 
     def _on_record(self, rec) -> None:
-        self.progress_bar.setMaximum(int(self._budget))
-        self.progress_bar.setValue(min(int(rec.elapsed), int(self._budget)))
-        self.progress_bar.setFormat(f"{rec.elapsed:.0f} / {self._budget:.0f} s")
-        if self._pbar is not None:
-            self._pbar.n = min(int(rec.elapsed), int(self._budget))
-            self._pbar.refresh()
+        """Progress from the trainer. Every record is kept, but the panel repaints at most
+        ``UI_UPDATES_PER_S`` times a second: repaints cost the trainer CPU time."""
         if rec.kind == "step" and rec.loss is not None:
-            self.loss_plot.add_step(rec.loss)
+            self.loss_plot.add_step(rec.loss, repaint=False)
             self._last_loss = rec.loss
         elif rec.kind == "validation" and rec.val_loss is not None and np.isfinite(rec.val_loss):
-            self.loss_plot.add_held_out(rec.val_loss)
+            self.loss_plot.add_held_out(rec.val_loss, repaint=False)
             self._last_val = rec.val_score
+        self._last_record = rec
+        now = time.monotonic()
+        if rec.kind in ("step", "validation") and now - self._last_ui_update < 1.0 / UI_UPDATES_PER_S:
+            return
+        self._last_ui_update = now
+        self._show_progress(rec)
+
+    def _show_progress(self, rec) -> None:
+        budget = int(self._budget)
+        if rec.kind in ("setup", "checking"):  # not training: say what happens instead
+            self.progress_bar.setFormat("preparing..." if rec.kind == "setup" else "checking...")
+            self.status_label.setText(rec.message)
+            return
+        self.progress_bar.setMaximum(budget)
+        self.progress_bar.setValue(min(int(rec.elapsed), budget))
+        self.progress_bar.setFormat(f"training {rec.elapsed:.0f} / {budget} s")
+        if self._pbar is not None:
+            self._pbar.n = min(int(rec.elapsed), budget)
+            self._pbar.refresh()
+        self.loss_plot.update()
         parts = [f"step {rec.step}"]
-        if getattr(self, "_last_loss", None) is not None:
+        if self._last_loss is not None:
             parts.append(f"loss {self._last_loss:.3f}")
-        if getattr(self, "_last_val", None) is not None:
+        if self._last_val is not None:
             parts.append(f"held-out F1 {self._last_val:.3f}")
-        parts.append(f"{rec.elapsed:.0f} s")
         self.status_label.setText(" · ".join(parts))
 
     def _on_pause(self, paused: bool) -> None:
@@ -506,8 +538,10 @@ class LearnPanel(QWidget):
             self.pause_button.setChecked(False)
         else:
             self._last_loss = self._last_val = None
+            self._last_ui_update = 0.0
             self.progress_bar.setValue(0)
-            self.status_label.setText("checking the current model on the held-out corrections...")
+            self.progress_bar.setFormat("preparing...")
+            self.status_label.setText("reading the corrections and the current model's view of them...")
 
     def _on_finished(self) -> None:
         self.worker = None
@@ -528,19 +562,38 @@ class LearnPanel(QWidget):
             return
         result: FinetuneResult = out
         self.progress_bar.setValue(self.progress_bar.maximum())
-        before, after = result.before.get("f1"), result.after.get("f1")
-        scores = f" (held-out F1 {before:.3f} -> {after:.3f})" if before is not None and after is not None else ""
+        timing = (f"{result.steps} training steps in {result.seconds:.0f} s "
+                  f"({result.total_seconds:.0f} s with preparation and checks)")
         if not result.accepted:
             self.progress_bar.setFormat("kept the current model")
-            common.notify_warning(f"The fine-tuned version was not better, so it was not kept{scores}. "
-                                  "Add more or larger corrected examples and try again.")
-            self.status_label.setText(result.reason)
+            common.notify_warning(f"The fine-tuned version was not kept: {result.reason}")
+            self.status_label.setText(f"{result.reason}. {timing}.")
             self.finetuned.emit(result)
             return
         self.progress_bar.setFormat("new version saved")
-        self.status_label.setText(f"{result.model.card.name}: {result.steps} steps in {result.seconds:.0f} s{scores}")
-        common.notify_info(f"Saved and selected {result.model.card.name}{scores}")
+        self.status_label.setText(f"{result.model.card.name}: {result.reason}. {timing}.")
+        common.notify_info(f"Saved and selected {result.model.card.name}: {result.reason}")
+        self._previous_labels = self._current_labels()
         self.segment_panel.select_model(result.saved_to)
         self.finetuned.emit(result)
         if self.resegment_check.isChecked() and self.segment_panel.image_layer() is not None:
             self.segment_panel.run()
+
+    def _current_labels(self) -> np.ndarray | None:
+        layer = self.segment_panel.labels_layer
+        if layer is None or layer not in self.viewer.layers:
+            return None
+        return np.array(layer.data, copy=True)
+
+    def _report_change(self, layer) -> None:
+        """After the re-segmentation that follows a kept version: how many objects changed."""
+        previous, self._previous_labels = self._previous_labels, None
+        if previous is None or layer is None or previous.shape != np.shape(layer.data):
+            return
+        card = self.segment_panel.model.card if self.segment_panel.model is not None else None
+        changed = changed_objects(previous, np.asarray(layer.data), instances=bool(card and card.instances))
+        noun = card.object_name if card is not None else "objects"
+        text = f"The new version changed {changed} {noun} on this image." if card and card.instances else (
+            f"The new version changed {changed:,} pixels on this image.")
+        self.status_label.setText(f"{self.status_label.text()} {text}")
+        common.notify_info(text)

@@ -10,6 +10,7 @@ import csv
 import io
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,7 @@ from qtpy.QtWidgets import (
 
 from . import _qt_common as common
 from ._layer_data import ImageRegion, image_region, layer_lead_shape
-from .data import InputError
+from .data import GreyImageWarning, InputError
 from .files import atomic_write_bytes
 from .inference import Cancelled, device_report
 from .segmentation import SegmentationResult, StackResult, measure, segment, segment_stack, summarize
@@ -328,22 +329,30 @@ class SegmentPanel(QWidget):
         relay.progressed.connect(self._on_progress)
         stack = region.lead_index is None and bool(region.lead_shape)
 
+        caught: list[str] = []  # written by the worker before it returns, read after
+
         def job():
-            try:
-                data = region.load()
-                if stack:
-                    return segment_stack(data, model, rgb=region.rgb, progress=relay.progressed.emit,
-                                         cancel=cancel.is_set, device=device, instances=instances)
-                return segment(data, model, progress=relay.progressed.emit, cancel=cancel.is_set,
-                               device=device, instances=instances)
-            except EXPECTED_ERRORS as exc:
-                return common.Failed(exc)
+            with warnings.catch_warnings(record=True) as seen:
+                warnings.simplefilter("always", GreyImageWarning)
+                try:
+                    data = region.load()
+                    if stack:
+                        return segment_stack(data, model, rgb=region.rgb, progress=relay.progressed.emit,
+                                             cancel=cancel.is_set, device=device, instances=instances)
+                    return segment(data, model, progress=relay.progressed.emit, cancel=cancel.is_set,
+                                   device=device, instances=instances)
+                except EXPECTED_ERRORS as exc:
+                    return common.Failed(exc)
+                finally:
+                    caught.extend(str(w.message) for w in seen if issubclass(w.category, GreyImageWarning))
 
         self._progress_unit = "slices" if stack else "tiles"
         self._running_layer = layer
         self._set_running(True, f"segmenting {layer.name} ({region.description})")
         self._pbar = napari_progress(total=0, desc=f"Mini-Net: {model.card.button_text.lower()} in {layer.name}")
         self.worker = create_worker(job)
+        self.worker.returned.connect(lambda _: caught and common.notify_warning(
+            f"{caught[0]} The result is unreliable: use a model trained on grey images, or the colour image."))
         self.worker.returned.connect(lambda out: self._on_returned(out, layer, region, model, name))
         self.worker.finished.connect(self._on_finished)
         self.worker.start()

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
-__all__ = ["Corrections", "edited_pixels", "find_corrections", "correction_scores", "CorrectionScores"]
+__all__ = ["Corrections", "edited_pixels", "find_corrections", "correction_scores", "CorrectionScores",
+           "changed_objects"]
 
 #: margin (pixels at the model's working size) around an edited object that counts as part
 #: of the correction: the boundary of a painted nucleus and the tissue next to an erased
@@ -190,3 +191,27 @@ def correction_scores(candidate_fg: np.ndarray, parent_fg: np.ndarray, corrected
     scores.rest_changed = int(np.count_nonzero(rest & ~cand_ok))
     scores.parent_rest_changed = int(np.count_nonzero(rest & ~par_ok))
     return scores
+
+
+def changed_objects(before: np.ndarray, after: np.ndarray, *, instances: bool = True, iou: float = 0.8) -> int:
+    """How many objects differ between two label images: objects of ``after`` without an
+    object of ``before`` that overlaps it with IoU >= ``iou``, plus objects of ``before``
+    that have no such match in ``after`` (new, removed, split, merged or reshaped). For
+    binary labels: the number of pixels whose foreground changed."""
+    before, after = np.asarray(before), np.asarray(after)
+    if before.shape != after.shape:
+        raise ValueError(f"labels {before.shape} and {after.shape} differ in shape")
+    if not instances:
+        return int(np.count_nonzero((before > 0) != (after > 0)))
+    b = before.ravel().astype(np.int64)
+    a = after.ravel().astype(np.int64)
+    both = (a > 0) & (b > 0)
+    pairs, inter = np.unique(np.stack([a[both], b[both]]), axis=1, return_counts=True)
+    area_a = np.bincount(a)
+    area_b = np.bincount(b)
+    union = area_a[pairs[0]] + area_b[pairs[1]] - inter
+    good = inter / union >= iou
+    matched_a, matched_b = set(pairs[0][good].tolist()), set(pairs[1][good].tolist())
+    ids_a = set(np.flatnonzero(area_a[1:]) + 1)
+    ids_b = set(np.flatnonzero(area_b[1:]) + 1)
+    return len(ids_a - matched_a) + len(ids_b - matched_b)

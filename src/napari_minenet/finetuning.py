@@ -36,11 +36,11 @@ import torch
 from .data import InputError, TrainingExample, load_dataset
 from .edits import CorrectionScores, correction_scores, find_corrections
 from .inference import Cancelled, predict_tiled, select_device
-from .losses import MiniNetLoss
+from .losses import CorrectionLoss, MiniNetLoss
 from .patches import Augmentation, PatchSampler, example_targets
 from .segmentation import labels_for
 from .training import TrainingProgress, TrainingResult, fit, hardware_description, resize_examples, validate
-from .zoo import SegmentationModel, load_model, save_model, user_models_dir
+from .zoo import SegmentationModel, check_model_name, load_model, save_model, user_models_dir
 
 __all__ = ["FinetuneConfig", "FinetuneResult", "acceptance", "correction_acceptance", "finetune", "holdout_split",
            "l2sp_penalty", "norm_parameters", "version_name"]
@@ -247,7 +247,11 @@ def finetune(
     torch.manual_seed(cfg.seed)
 
     card = dataclasses.replace(parent_model.card)
-    card.name = version_name(parent_model.card.name) if output is None else Path(output).name.removesuffix(".safetensors")
+    card.name = check_model_name(version_name(parent_model.card.name) if output is None
+                                 else Path(output).name.removesuffix(".safetensors"))
+    target = Path(output) if output is not None else user_models_dir(create=True) / card.name
+    if target.with_name(target.name.removesuffix(".safetensors") + ".safetensors").exists():
+        raise InputError(f"{target} exists already: choose another output name (models are never overwritten)")
     card.parent = parent_model.card.name
     card.created = ""
     card.weights_sha256 = ""
@@ -282,7 +286,6 @@ def finetune(
         after_f1 = out.after.get("f1")
         if after_f1 is not None:
             card.metrics["held-out corrections"]["f1"] = after_f1
-        target = Path(output) if output is not None else user_models_dir(create=True) / card.name
         saved = save_model(child, target)
     return FinetuneResult(child, out.accepted, out.reason, out.before, out.after, out.fit.steps, out.seconds, saved,
                           corrections=out.corrections, total_seconds=time.perf_counter() - started)
@@ -290,13 +293,14 @@ def finetune(
 
 def _fit(child: SegmentationModel, sampler: PatchSampler, held: list[TrainingExample], cfg: FinetuneConfig,
          parent: SegmentationModel, dev: torch.device, seconds: float, cancel, pause, *, instances: bool = False,
-         elapsed_before: float = 0.0, keep: str = "best") -> Generator[TrainingProgress, None, TrainingResult]:
+         elapsed_before: float = 0.0, keep: str = "best",
+         loss_fn: torch.nn.Module | None = None) -> Generator[TrainingProgress, None, TrainingResult]:
     """``training.fit`` with the fine-tuning settings; progress times continue from ``elapsed_before``."""
     steps_per_epoch = cfg.steps_per_validation if held else cfg.max_steps
     gen = fit(
         child, sampler, held, lr=cfg.lr, epochs=max(1, cfg.max_steps // steps_per_epoch),
         steps_per_epoch=steps_per_epoch, lr_schedule="constant", patience=10**6, validate_instances=instances,
-        max_seconds=max(1.0, seconds), device=dev, loss_fn=MiniNetLoss(),
+        max_seconds=max(1.0, seconds), device=dev, loss_fn=loss_fn or MiniNetLoss(),
         regularizer=l2sp_penalty(parent.network, cfg.l2sp) if cfg.l2sp > 0 else None, cancel=cancel, pause=pause,
         keep=keep,
     )
@@ -386,7 +390,8 @@ def _learn_from_edits(parent_model, child, examples, cfg, dev, cancel, pause):
         for ex, corr, h, soft, held_ids in zip(examples, corrections, hard, parent_probs, held):
             if corr is None:  # a fully labelled example among corrected ones: every pixel counts
                 targets.append(h)
-                weights.append(np.full(ex.mask.shape, cfg.edit_weight, np.float32))
+                weights.append(np.stack([np.full(ex.mask.shape, cfg.edit_weight, np.float32),
+                                         np.ones(ex.mask.shape, np.float32)]))
                 focus.append(None)
                 continue
             learn = corr.mask(None if include_held else [k for k in range(1, corr.count + 1) if k not in held_ids])
@@ -395,7 +400,7 @@ def _learn_from_edits(parent_model, child, examples, cfg, dev, cancel, pause):
             w[learn] = cfg.edit_weight
             if not include_held and held_ids:
                 w[corr.mask(held_ids)] = 0.0  # not a hint of the held-out corrections
-            weights.append(w)
+            weights.append(np.stack([w, learn.astype(np.float32)]))  # BCE weights, the corrections
             focus.append(learn)
         return _sampler(examples, card, cfg, targets=targets, weights=weights, focus=focus,
                         focus_probability=cfg.focus_probability)
@@ -420,11 +425,14 @@ def _learn_from_edits(parent_model, child, examples, cfg, dev, cancel, pause):
                            message=f"{len(keys)} corrections in {len(examples)} example(s), {n_held} held out to "
                                    "judge the new version")
     first = cfg.max_seconds * cfg.judge_fraction if n_held else cfg.max_seconds
-    result = yield from _fit(child, train_sampler, [], cfg, parent_model, dev, first, cancel, pause, keep="last")
+    result = yield from _fit(child, train_sampler, [], cfg, parent_model, dev, first, cancel, pause, keep="last",
+                             loss_fn=CorrectionLoss())
     if not n_held:
         reason = (f"only {len(keys)} correction(s): at least {MIN_CORRECTIONS} are needed so the new version can be "
                   "checked on corrections it did not learn from; the current model stays selected")
         return _Outcome(False, reason, {}, {}, result, result.elapsed, {"corrections": setup})
+    yield TrainingProgress("checking", 0, result.steps, cfg.max_steps, result.elapsed,
+                           message=f"checking the new version on the {n_held} corrections it did not learn from")
     scores = judge(child, held)
     accepted, reason = correction_acceptance(scores, cfg.min_fixed, cfg.max_rest_changed, card.object_name)
     seconds = result.elapsed
@@ -432,7 +440,8 @@ def _learn_from_edits(parent_model, child, examples, cfg, dev, cancel, pause):
     if accepted and cfg.max_seconds - seconds >= 1.0:
         judged_state = copy.deepcopy(child.network.state_dict())
         more = yield from _fit(child, sampler(include_held=True), [], cfg, parent_model, dev,
-                               cfg.max_seconds - seconds, cancel, pause, elapsed_before=seconds, keep="last")
+                               cfg.max_seconds - seconds, cancel, pause, elapsed_before=seconds, keep="last",
+                               loss_fn=CorrectionLoss())
         seconds += more.elapsed
         final = judge(child, [[] for _ in examples])
         record["refit"] = {"steps": more.steps, "rest_changed": final.rest_changed_fraction}

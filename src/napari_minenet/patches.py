@@ -84,8 +84,8 @@ class PatchSampler:
         focus_probability: float = 0.0,
     ) -> None:
         """``targets`` (per example, (T, H, W) float, may be soft) replace the targets made
-        from the masks / labels; ``weights`` (per example, (H, W) float) weight each pixel's
-        loss (``sample`` then returns them as a third tensor); ``focus`` (per example, (H, W)
+        from the masks / labels; ``weights`` (per example, (H, W) or (K, H, W) float) weight
+        each pixel's loss (``sample`` then returns them as a third tensor, (B, K, P, P)); ``focus`` (per example, (H, W)
         bool or None) marks where the user corrected: with probability ``focus_probability``
         a patch is centred on a random correction instead of a random position."""
         if not examples:
@@ -101,20 +101,23 @@ class PatchSampler:
         self._normalizers = [Normalizer.for_image(img, normalization, in_channels) for img in self._images]
         if targets is None:
             targets = [example_targets(ex, contours) for ex in examples]
-        if weights is not None:  # the weight travels as the last target plane (same crop and flips)
-            targets = [np.concatenate([t, w[None].astype(np.float32)]) for t, w in zip(targets, weights)]
+        # weights travel as the last target planes (same crop and flips)
+        weights = None if weights is None else [w[None] if w.ndim == 2 else w for w in weights]
+        self._n_weights = 0 if weights is None else weights[0].shape[0]
+        if weights is not None:
+            targets = [np.concatenate([t, w.astype(np.float32)]) for t, w in zip(targets, weights)]
         self._weighted = weights is not None
         self._targets = targets
         # binary target planes stay binary when a patch is resized; soft ones (a parent's
         # probabilities) and the weights stay soft
-        n_hard = len(targets[0]) - (1 if self._weighted else 0)
+        n_hard = len(targets[0]) - self._n_weights
         self._binary = [[c < n_hard and bool(((t[c] == 0) | (t[c] == 1)).all()) for c in range(len(t))]
                         for t in targets]
         self._focus = [None if f is None or not f.any() else np.flatnonzero(f) for f in (focus or [None] * len(examples))]
         self.focus_probability = float(focus_probability)
         areas = np.array([ex.mask.size for ex in examples], float)
         if weights is not None:  # images where nothing counts are never drawn
-            areas = np.array([float(w.sum()) for w in weights]) + 1e-9 * areas
+            areas = np.array([float(w[0].sum()) for w in weights]) + 1e-9 * areas
         self._p = areas / areas.sum()
 
     def state(self) -> dict:
@@ -125,7 +128,7 @@ class PatchSampler:
 
     def sample(self) -> tuple[torch.Tensor, ...]:
         """One batch, all from one image: x (B, C, P, P) float32, y (B, T, P, P) float32,
-        and with ``weights`` also w (B, 1, P, P) float32."""
+        and with ``weights`` also w (B, K, P, P) float32."""
         k = int(self.rng.choice(len(self.examples), p=self._p))
         image, target, norm = self._images[k], self._targets[k], self._normalizers[k]
         xs, ys = [], []
@@ -136,7 +139,8 @@ class PatchSampler:
         x = torch.from_numpy(np.stack(xs))
         y = torch.from_numpy(np.stack(ys))
         if self._weighted:
-            return x, y[:, :-1].contiguous(), y[:, -1:].contiguous()
+            n = self._n_weights
+            return x, y[:, :-n].contiguous(), y[:, -n:].contiguous()
         return x, y
 
     def _patch(self, image: np.ndarray, target: np.ndarray, norm: Normalizer, focus: np.ndarray | None = None,

@@ -98,7 +98,7 @@ class TrainConfig:
 
 @dataclass
 class TrainingProgress:
-    kind: str  # "step", "validation", "done"
+    kind: str  # "step", "validation", "done"; fine-tuning adds "setup" and "checking"
     epoch: int
     step: int
     total_steps: int
