@@ -54,6 +54,9 @@ __all__ = [
     "blend_weights",
     "adapt_batchnorm",
     "prepare_network",
+    "adapt_to_tiles",
+    "ready_network",
+    "predict_with_network",
 ]
 
 ProgressCallback = Callable[[int, int], None]
@@ -261,10 +264,51 @@ def _prepare(model: SegmentationModel, image: np.ndarray, normalizer: Normalizer
         net, out = adapt_batchnorm(net, batch, return_output=True)
         if keep_output and boxes == [(0, h, 0, w)]:
             return net, out
-    fused = fuse_for_inference(net).to(device)  # a copy: the caller's model is never modified
+    return ready_network(net, device), logits
+
+
+def ready_network(network: nn.Module, device: torch.device) -> nn.Module:
+    """A copy of ``network`` with BatchNorm folded into the convolutions, on ``device``
+    (channels-last on the CPU): what every tile runs through."""
+    fused = fuse_for_inference(network).to(device)  # a copy: the caller's model is never modified
     if device.type == "cpu":
         fused = fused.to(memory_format=torch.channels_last)
-    return fused, logits
+    return fused
+
+
+def adapt_to_tiles(model: SegmentationModel, tiles: Sequence[np.ndarray], normalizer: Normalizer,
+                   device: torch.device) -> nn.Module:
+    """``model.network`` with BatchNorm statistics estimated on ``tiles`` (AdaBN), not folded.
+
+    For inputs too large for :func:`predict_tiled`'s own sample (whole slides): the caller
+    picks the tiles (e.g. tissue tiles spread over the slide, all the same shape, raw
+    pixels), estimates the statistics once and reuses the network for every block, so all
+    blocks are normalised alike. A card without per-image statistics gets its network as is.
+    """
+    if model.card.bn_statistics != "image":
+        return model.network
+    if not tiles:
+        raise ValueError("no tiles to estimate the normalisation statistics from")
+    batch = torch.from_numpy(np.stack([normalizer(t) for t in tiles])).to(device)
+    return adapt_batchnorm(model.network, batch).cpu()
+
+
+def predict_with_network(image: np.ndarray, model: SegmentationModel, network: nn.Module, normalizer: Normalizer,
+                         *, device: torch.device, tile_size: int | None = None, overlap: int | None = None,
+                         batch_size: int = 1, precision: str = "fp32", progress: ProgressCallback | None = None,
+                         cancel: CancelCheck | None = None) -> np.ndarray:
+    """Probability maps (C, H, W) of ``image`` with a network from :func:`ready_network` and a
+    normaliser chosen by the caller: the same tiles and blending as :func:`predict_tiled`,
+    without re-estimating anything from ``image`` (a block of a slide is one part of a
+    larger image). No resizing and no test-time augmentation."""
+    card = model.card
+    tile_size = card.tile_size if tile_size is None else int(tile_size)
+    overlap = card.tile_overlap if overlap is None else int(overlap)
+    tile_size -= tile_size % GRID
+    overlap = min(overlap, tile_size // 2)
+    work = as_rgb_or_grey(check_image(image), card.in_channels)
+    return _predict_tiles(work, model, device, tile_size, overlap, batch_size, precision, progress, cancel,
+                          prepared=(network, normalizer))
 
 
 # --------------------------------------------------------------------------- prediction
@@ -397,15 +441,20 @@ def predict(image: np.ndarray, model: SegmentationModel | str, **kwargs) -> np.n
 
 
 def _predict_tiles(image, model, device, tile_size, overlap, batch_size, precision, progress, cancel,
-                   out_dtype=np.float32) -> np.ndarray:
+                   out_dtype=np.float32, prepared=None) -> np.ndarray:
     card = model.card
     h, w = image.shape[:2]
-    normalizer = Normalizer.for_image(image, card.normalization, card.in_channels)
+    if prepared is None:
+        normalizer = Normalizer.for_image(image, card.normalization, card.in_channels)
+    else:  # (network, normalizer) chosen by the caller (whole slides)
+        net, normalizer = prepared
     if cancel is not None and cancel():
         raise Cancelled()
     ys, xs = tile_ranges(h, tile_size, overlap), tile_ranges(w, tile_size, overlap)
     one_tile = len(ys) == 1 and len(xs) == 1
-    net, logits = _prepare(model, image, normalizer, device, keep_output=one_tile)
+    logits = None
+    if prepared is None:
+        net, logits = _prepare(model, image, normalizer, device, keep_output=one_tile)
     if logits is not None:  # the statistics pass covered the whole image: it is the prediction
         out = torch.sigmoid(logits.float())[0].cpu().numpy()
         _check_finite(out)
