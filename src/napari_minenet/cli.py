@@ -244,6 +244,9 @@ def _segment_files(paths, out_dir: Path, args) -> int:
     failures = 0
     for path, stem in _output_stems([Path(p) for p in paths]):
         try:
+            if not getattr(args, "no_slide", False) and _is_slide(path):
+                _segment_slide_file(path, out_dir, stem, model, args)
+                continue
             image = read_image(path)
             lead, _ = split_planes(image)
             bar = _LazyProgress(path.name, "plane" if lead else "tile")
@@ -275,6 +278,42 @@ def _segment_files(paths, out_dir: Path, args) -> int:
             failures += 1
             print(f"error: {path}: {_one_line(exc)}", file=sys.stderr)
     return 1 if failures else 0
+
+
+def _is_slide(path: Path) -> bool:
+    from .slides import looks_like_slide
+
+    return looks_like_slide(path)
+
+
+def _segment_slide_file(path: Path, out_dir: Path, stem: str, model, args) -> None:
+    """A pyramid or a very large image: blocks over the full resolution, written as they are
+    done (OME-Zarr labels, GeoJSON, CSV); a rerun resumes."""
+    from .slide_engine import SlideOptions, segment_slide
+
+    options = SlideOptions(threshold=args.threshold, min_size=args.min_size, instances=args.instances,
+                           device=args.device, tile_size=args.tile, batch_size=args.batch_size,
+                           workers=args.workers)
+    if args.block_size is not None:
+        options.block_size = args.block_size
+    zarr_path = out_dir / f"{stem}.zarr"
+    name = model.card.object_name
+    bar = _LazyProgress(f"{path.name} (tissue blocks)", "block")
+    try:
+        result = segment_slide(path, model, zarr_path, options=options,
+                               geojson=out_dir / f"{stem}_{name}.geojson",
+                               csv=out_dir / f"{stem}_measurements.csv", progress=bar)
+    finally:
+        bar.close()
+    how = (f"resumed {result.blocks_resumed} finished blocks, " if result.blocks_resumed and result.blocks_computed
+           else "already segmented, " if not result.blocks_computed else "")
+    mpp = f", {result.mpp:g} um/px" if result.mpp else ", pixel size unknown"
+    print(f"{path.name}: {result.count} {name} in {result.shape[0]} x {result.shape[1]} px{mpp} "
+          f"({result.tissue_fraction:.0%} tissue, {result.blocks_tissue} of {result.blocks_total} blocks, "
+          f"{how}{result.seconds:.0f} s) -> {', '.join(str(p) for p in result.outputs)}")
+    if result.oversized:
+        print(f"note: {result.oversized} objects reached the edge of their block's halo and may be cut; "
+              "a larger --block-size keeps them whole", file=sys.stderr)
 
 
 def _cmd_segment(args: argparse.Namespace) -> int:
@@ -461,9 +500,21 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Segment images and write <name>_labels.tif (+ overlay / probability) to the "
                                    "output folder. Inputs with the same name get unique outputs (a.png a.tif -> "
                                    "a_png_labels.tif, a_tif_labels.tif).")
-    p.add_argument("images", nargs="+", help="TIFF / PNG / JPEG files (stacks are segmented plane by plane)")
+    p.add_argument("images", nargs="+", help="TIFF / PNG / JPEG files (stacks are segmented plane by plane); "
+                                             "whole slides (.svs, .ndpi, pyramidal or very large TIFF, OME-TIFF, "
+                                             "OME-Zarr) are segmented block by block")
     p.add_argument("-o", "--output", required=True, help="output folder")
     _add_segment_options(p)
+    slides = p.add_argument_group(
+        "whole slides", "A pyramid, or an image over 64 Mpx, gives OUT/<name>.zarr (OME-Zarr, labels under "
+                        "labels/nuclei), OUT/<name>_nuclei.geojson (QuPath) and OUT/<name>_measurements.csv; glass "
+                        "is skipped; an interrupted run resumes when run again.")
+    slides.add_argument("--block-size", type=_int_in(256, 8192), default=None,
+                        help="px per block (default 2048; up to 1024, or a multiple of 1024)")
+    slides.add_argument("--workers", type=_int_in(1, 64), default=1,
+                        help="blocks computed at once (default 1; memory grows with it)")
+    slides.add_argument("--no-slide", action="store_true",
+                        help="read large images whole as before instead of block by block")
     p.set_defaults(func=_cmd_segment)
 
     p = sub.add_parser("models", help="list built-in and user models")
