@@ -170,13 +170,22 @@ class SlideJob:
 # --------------------------------------------------------------------------- planning
 
 
-def _fingerprint(slide: Slide, model: SegmentationModel, opts: SlideOptions, threshold, min_size, instances) -> dict:
+def _fingerprint(slide: Slide, model: SegmentationModel, opts: SlideOptions, threshold, min_size, instances,
+                 statistics_tiles=None) -> dict:
+    import hashlib
+
     card = model.card
+    statistics = "tissue sample"
+    if statistics_tiles is not None:
+        digest = hashlib.sha256()
+        for tile in statistics_tiles:
+            digest.update(np.ascontiguousarray(tile).tobytes())
+        statistics = digest.hexdigest()
     return {"version": _FORMAT_VERSION, "slide": str(slide.path or slide.name), "shape": list(slide.shape),
             "model": card.name, "weights": getattr(card, "weights_sha256", "") or str(model.path or ""),
             "threshold": threshold, "min_size": min_size, "instances": instances,
             "use_contours": opts.use_contours, "block_size": opts.block_size, "halo": opts.halo,
-            "tile_size": opts.tile_size, "precision": opts.precision}
+            "tile_size": opts.tile_size, "precision": opts.precision, "statistics": statistics}
 
 
 #: the normalisation statistics of a slide come from this many pixels of tissue, in tiles of
@@ -245,9 +254,11 @@ def _create_array(group, name: str, shape, chunks, dtype):
 
 
 def plan_slide(slide: Slide, model: SegmentationModel, out: Path, options: SlideOptions, *,
-               cancel: CancelCheck | None = None) -> tuple[SlideJob, dict]:
+               cancel: CancelCheck | None = None,
+               statistics_tiles: list[np.ndarray] | None = None) -> tuple[SlideJob, dict]:
     """The job for ``slide``: tissue mask, statistics, work folder. Reuses an unfinished run
-    with the same settings (resume); starts over when the settings differ."""
+    with the same settings (resume); starts over when the settings differ.
+    ``statistics_tiles`` replaces the tissue sample the normalisation statistics come from."""
     import zarr
 
     card = model.card
@@ -258,7 +269,7 @@ def plan_slide(slide: Slide, model: SegmentationModel, out: Path, options: Slide
     threshold = card.default_threshold if options.threshold is None else float(options.threshold)
     min_size = card.min_size if options.min_size is None else int(options.min_size)
     instances = card.instances if options.instances is None else bool(options.instances)
-    fingerprint = _fingerprint(slide, model, options, threshold, min_size, instances)
+    fingerprint = _fingerprint(slide, model, options, threshold, min_size, instances, statistics_tiles)
     work = out.with_name(f".{out.name}.work")
     run_file = work / "run.json"
     resumed = False
@@ -278,7 +289,7 @@ def plan_slide(slide: Slide, model: SegmentationModel, out: Path, options: Slide
                                 np.asarray(info["normalizer"]["offset"], np.float32), info["normalizer"]["prescale"])
         adapted = _load_network_state(model, work / "network.safetensors")
     else:
-        tiles = _sample_tiles(slide, mask)
+        tiles = _sample_tiles(slide, mask) if statistics_tiles is None else list(statistics_tiles)
         sample = np.concatenate(tiles, axis=0) if tiles else slide.read(0, min(256, slide.shape[0]), 0,
                                                                           min(256, slide.shape[1]))
         normalizer = Normalizer.for_image(sample, card.normalization, card.in_channels)
@@ -432,7 +443,8 @@ def finish_slide(job: SlideJob, *, geojson: Path | None = None,
     labels_group = root.create_group("labels")
     labels_group.attrs["labels"] = [name]
     group = labels_group.create_group(name)
-    level0 = _create_array(group, "0", job.shape, (CHUNK, CHUNK), np.uint32)
+    side = min(CHUNK, job.options.block_size)  # every chunk is written by exactly one block
+    level0 = _create_array(group, "0", job.shape, (side, side), np.uint32)
     pixels = dask.compute(*[dask.delayed(_renumber_block, pure=False)(job, level0, b, table) for b in blocks],
                           scheduler="threads", num_workers=job.options.workers)
     lost = sum(p[1] for p in pixels)
@@ -485,13 +497,15 @@ def segment_slide(
     csv: str | Path | None = None,
     progress: ProgressCallback | None = None,
     cancel: CancelCheck | None = None,
+    statistics_tiles: list[np.ndarray] | None = None,
 ) -> SlideResult:
     """Segment a whole slide into the OME-Zarr ``out`` (labels under ``labels/nuclei``).
 
     ``progress(done, total)`` counts tissue blocks (blocks finished by an earlier run count
     as done); ``cancel()`` is checked between tiles (raises :class:`Cancelled`; finished
     blocks are kept and the next run resumes from them). A finished output with the same
-    settings is not recomputed.
+    settings is not recomputed. ``statistics_tiles`` (raw pixels, all the same shape)
+    replaces the tissue sample the normalisation statistics come from.
     """
     started = time.monotonic()
     opened = not isinstance(slide, Slide)
@@ -504,7 +518,7 @@ def segment_slide(
         csv = Path(csv) if csv is not None else None
         done_info = _complete_marker(out)
         if done_info is not None and done_info.get("fingerprint") == _fingerprint(
-                slide, model, options, *_resolved(model, options)) and all(
+                slide, model, options, *_resolved(model, options), statistics_tiles) and all(
                 p is None or p.exists() for p in (geojson, csv)):
             if progress is not None:
                 progress(done_info["blocks_tissue"], done_info["blocks_tissue"])
@@ -512,7 +526,7 @@ def segment_slide(
                                done_info["blocks_total"], done_info["blocks_tissue"], 0, done_info["blocks_tissue"],
                                done_info["tissue_fraction"], time.monotonic() - started,
                                outputs=[out] + [p for p in (geojson, csv) if p is not None])
-        job, info = plan_slide(slide, model, out, options, cancel=cancel)
+        job, info = plan_slide(slide, model, out, options, cancel=cancel, statistics_tiles=statistics_tiles)
         blocks = job.tissue_blocks()
         todo = [b for b in blocks if not job.table_path(b).exists()]
         resumed = len(blocks) - len(todo)
