@@ -264,3 +264,18 @@ def test_finetune_from_too_few_edits_keeps_the_parent(tmp_path):
     result = run_to_end(finetune(parent, examples, FinetuneConfig(max_seconds=2, batch_size=2, patch_size=64,
                                                                    max_steps=2), output=tmp_path / "c"))
     assert not result.accepted and "at least 3" in result.reason and result.saved_to is None
+
+
+def test_correction_loss_is_smallest_at_the_soft_target():
+    """Distillation must not drift: the loss's gradient vanishes where the prediction equals
+    a soft target (soft Dice does not have this property)."""
+    from napari_minenet.losses import CorrectionLoss, dice_loss
+
+    target = torch.rand(2, 2, 16, 16) * 0.8 + 0.1
+    logits = torch.logit(target).clone().requires_grad_(True)
+    weight = torch.rand(2, 1, 16, 16)
+    CorrectionLoss()(logits, target, weight).backward()
+    assert logits.grad.abs().max() < 1e-6
+    moved = torch.logit(target).clone().requires_grad_(True)
+    dice_loss(moved[:, :1], target[:, :1]).backward()
+    assert moved.grad.abs().max() > 1e-4  # soft Dice would still push

@@ -101,33 +101,21 @@ class MiniNetLoss(nn.Module):
         return loss
 
 
-class CorrectionLoss(MiniNetLoss):
-    """The fine-tuning loss for corrected examples (finetuning.py).
+class CorrectionLoss(nn.Module):
+    """The fine-tuning loss for corrected examples (finetuning.py): a per-pixel BCE on every
+    output channel, weighted by ``weight`` (N, 1, H, W). The targets are the corrected
+    labels inside corrections and the parent's probabilities (soft targets) elsewhere.
 
-    ``weight`` has two planes: (N, 2, H, W). Plane 0 weights a per-pixel BCE everywhere:
-    towards the corrected labels inside corrections, towards the parent's probabilities
-    (soft targets) elsewhere. Plane 1 marks the corrections, where the Dice and Jaccard
-    terms apply too. Dice and Jaccard are kept off the soft targets on purpose: with a
-    soft target they are not minimised by predicting the target (they push probabilities
-    towards 1 wherever the target is high), so they would grow the foreground everywhere;
-    BCE is minimised exactly at the target, so it distils without drift.
+    Why BCE alone: Dice and Jaccard are not minimised by predicting a soft target (they push
+    probabilities towards 1 wherever the target is high), and even on the corrections alone
+    they pushed the foreground up everywhere. On an unseen H&E dataset (TNBC, 40 simulated
+    corrections on 2 tiles, 60 steps, 16 other tiles scored) F1 went 0.651 -> 0.553 with
+    Dice + Jaccard + BCE and 0.651 -> 0.678 with BCE alone (docs/training.md). BCE is
+    minimised exactly at the target, so it distils without drift and corrects without
+    inflating.
     """
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
-        if weight is None or weight.shape[1] != 2:
-            raise ValueError("CorrectionLoss needs a (N, 2, H, W) weight: BCE weights and the corrections mask")
         if logits.shape != target.shape:
             raise ValueError(f"logits {tuple(logits.shape)} and target {tuple(target.shape)} differ in shape")
-        bce_w, region = weight[:, :1], weight[:, 1:2]
-        fg_logits, fg_target = logits[:, :1], target[:, :1]
-        loss = self.alpha * self.bce_weight * bce_loss(fg_logits, fg_target, bce_w)
-        if bool(region.any()):
-            loss = loss + self.alpha * (self.dice_weight * dice_loss(fg_logits, fg_target, region)
-                                        + self.jaccard_weight * jaccard_loss(fg_logits, fg_target, region))
-        if logits.shape[1] > 1 and self.contour_weight > 0:
-            c_logits, c_target = logits[:, 1:2], target[:, 1:2]
-            contour = bce_loss(c_logits, c_target, bce_w)
-            if bool(region.any()):
-                contour = contour + dice_loss(c_logits, c_target, region)
-            loss = loss + self.contour_weight * contour
-        return loss
+        return bce_loss(logits, target, None if weight is None else weight.expand_as(logits))
