@@ -42,6 +42,8 @@ from .data import GreyImageWarning, InputError
 from .files import atomic_write_bytes
 from .inference import Cancelled, device_report
 from .segmentation import SegmentationResult, StackResult, measure, segment, segment_stack, summarize
+from .slide_engine import LABELS_PATH, SlideOptions, SlideResult, segment_slide
+from .slides import slide_from_levels
 from .zoo import ModelLoadError, SegmentationModel, load_model
 
 EXPECTED_ERRORS = (InputError, ModelLoadError, Cancelled, RuntimeError, ValueError, MemoryError, OSError)
@@ -110,8 +112,10 @@ class SegmentPanel(QWidget):
         self.region_combo = QComboBox()
         self.region_combo.addItem("Whole image", False)
         self.region_combo.addItem("Visible region", True)
-        self.region_combo.setToolTip("The whole full-resolution image (in tiles), or, for very large images, "
-                                     "only what is on the canvas")
+        self.region_combo.addItem("Whole slide (blocks, to disk)", "slide")
+        self.region_combo.setToolTip("The whole full-resolution image (in tiles); for very large images, only what "
+                                     "is on the canvas; or a whole slide block by block, glass skipped, the labels "
+                                     "written to an OME-Zarr beside the image and shown lazily")
         self.instances_check = QCheckBox("One label per object")
         self.probability_check = QCheckBox("Probability map")
         self.probability_check.setToolTip("Also show the probability map as an image layer")
@@ -144,6 +148,15 @@ class SegmentPanel(QWidget):
         self.summary_label.setWordWrap(True)
         self.export_button = QPushButton("Export measurements...")
         self.export_button.setEnabled(False)
+        self.edit_region_button = QPushButton("Correct visible region")
+        self.edit_region_button.setToolTip("Whole slides: copy the slide's labels on the canvas into an editable "
+                                           "layer (brush, eraser, 'Add as training example'); 'Save corrections "
+                                           "to slide' writes them back")
+        self.edit_region_button.setEnabled(False)
+        self.save_region_button = QPushButton("Save corrections to slide")
+        self.save_region_button.setEnabled(False)
+        self.slide_result: SlideResult | None = None
+        self.slide_layer = None  # the lazy multiscale labels of the last whole slide
 
         # --- display: outlines (readable on tissue, default for objects) or filled
         self.outlines_button = QRadioButton("outlines")
@@ -197,6 +210,10 @@ class SegmentPanel(QWidget):
         layout.addLayout(post)
         layout.addWidget(self.summary_label)
         layout.addWidget(self.export_button)
+        slide_row = QHBoxLayout()
+        slide_row.addWidget(self.edit_region_button)
+        slide_row.addWidget(self.save_region_button)
+        layout.addLayout(slide_row)
 
         self._relabel_timer = common.debounce(self, 120, self.relabel)
 
@@ -207,6 +224,8 @@ class SegmentPanel(QWidget):
         self.threshold_slider.valueChanged.connect(self._on_threshold_moved)
         self.min_size_spin.valueChanged.connect(lambda _: self._relabel_timer.start())
         self.export_button.clicked.connect(lambda: self.export_measurements())
+        self.edit_region_button.clicked.connect(lambda: self.correct_visible_region())
+        self.save_region_button.clicked.connect(lambda: self.save_corrections_to_slide())
         self.display_group.buttonClicked.connect(lambda _: self.apply_display())
         self.image_combo.currentIndexChanged.connect(self._update_stack_controls)
         viewer.layers.events.inserted.connect(self._refresh_images)
@@ -308,6 +327,9 @@ class SegmentPanel(QWidget):
         if self.model is None:
             common.notify_error("Choose a model that loads without errors first.")
             return
+        if self.region_combo.currentData() == "slide":
+            self.run_slide(layer)
+            return
         try:
             region = image_region(layer, self.viewer, all_slices=bool(self.slices_combo.currentData()),
                                   visible_only=bool(self.region_combo.currentData()))
@@ -356,6 +378,156 @@ class SegmentPanel(QWidget):
         self.worker.returned.connect(lambda out: self._on_returned(out, layer, region, model, name))
         self.worker.finished.connect(self._on_finished)
         self.worker.start()
+
+    # ------------------------------------------------------------------ whole slides
+
+    def _slide_output(self, layer) -> Path:
+        """``<image folder>/<image stem>.minenet/<stem>.zarr`` beside the slide file when the
+        folder is writable, else in the user folder (``slides/``)."""
+        source = getattr(getattr(layer, "source", None), "path", None) or layer.metadata.get("minenet_slide")
+        stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in layer.name) or "slide"
+        if source:
+            folder = Path(source).parent / f"{Path(source).name.split('.')[0]}.minenet"
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                return folder / f"{stem}.zarr"
+            except OSError:
+                pass
+        from .zoo import user_models_dir
+
+        folder = user_models_dir().parent / "slides"
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder / f"{stem}.zarr"
+
+    def run_slide(self, layer) -> None:
+        """Segment the whole full-resolution level block by block in a worker (the slide
+        engine); the labels are written to an OME-Zarr and shown as a lazy multiscale layer."""
+        if layer_lead_shape(layer):
+            common.notify_error("Whole slides are 2-D images; this layer is a stack.")
+            return
+        levels = list(layer.data) if layer.multiscale else [layer.data]
+        scale = np.asarray(layer.scale, dtype=float)[-2:]
+        units = getattr(layer, "units", None)
+        in_um = units is not None and str(units[-1]) in ("micrometer", "um")
+        mpp = layer.metadata.get("mpp") or (float(scale[-1]) if in_um and scale[-1] != 1.0 else None)
+        source = getattr(getattr(layer, "source", None), "path", None) or layer.metadata.get("minenet_slide")
+        try:
+            slide = slide_from_levels(levels, mpp, layer.name, Path(source) if source else None)
+            out = self._slide_output(layer)
+        except (InputError, OSError) as exc:
+            common.notify_error(f"Cannot segment '{layer.name}' as a whole slide: {exc}")
+            return
+        model, name = self.model, f"{layer.name} {self.model.card.object_name} (whole slide)"
+        options = SlideOptions(device=self.device_combo.currentData(), instances=self.instances_check.isChecked())
+        stem = out.name.removesuffix(".zarr")
+        cancel = threading.Event()
+        self._cancel_event = cancel
+        relay = common.Relay(self)
+        relay.progressed.connect(self._on_progress)
+
+        def job():
+            try:
+                return segment_slide(slide, model, out, options=options, progress=relay.progressed.emit,
+                                     cancel=cancel.is_set, csv=out.with_name(f"{stem}_measurements.csv"),
+                                     geojson=out.with_name(f"{stem}_{model.card.object_name}.geojson"))
+            except EXPECTED_ERRORS as exc:
+                return common.Failed(exc)
+
+        self._progress_unit = "tissue blocks"
+        self._running_layer = layer
+        self._set_running(True, f"segmenting the whole slide {layer.name} into {out}")
+        self._pbar = napari_progress(total=0, desc=f"Mini-Net: whole slide {layer.name}")
+        self.worker = create_worker(job)
+        self.worker.returned.connect(lambda res: self._on_slide_returned(res, layer, name))
+        self.worker.finished.connect(self._on_finished)
+        self.worker.start()
+
+    def _on_slide_returned(self, out, layer, name: str) -> None:
+        self.progress_bar.setMaximum(100)
+        if isinstance(out, common.Failed):
+            self.progress_bar.setValue(0)
+            if isinstance(out.error, Cancelled):
+                self.progress_bar.setFormat("cancelled")
+                common.notify_info("Whole-slide segmentation cancelled; the finished blocks are kept and the next "
+                                   "run resumes from them.")
+            else:
+                self.progress_bar.setFormat("failed")
+                common.notify_error(f"Whole-slide segmentation failed: {out}")
+            return
+        if layer not in self.viewer.layers:
+            self.progress_bar.setFormat("image removed")
+            return
+        import zarr
+
+        group = zarr.open_group(str(out.zarr_path / LABELS_PATH), mode="r")
+        arrays = [group[d["path"]] for d in group.attrs["multiscales"][0]["datasets"]]
+        placement = {"scale": np.asarray(layer.scale, dtype=float)[-2:],
+                     "translate": np.asarray(layer.translate, dtype=float)[-2:]}
+        if getattr(layer, "units", None) is not None:
+            placement["units"] = tuple(layer.units)[-2:]
+        if name in self.viewer.layers:
+            self.viewer.layers.remove(name)
+        target = self.viewer.add_labels(arrays, name=name, multiscale=True, **placement)
+        instances = bool(self.model.card.instances) if self.model is not None else True
+        target.colormap = label_colormap(instances)
+        target.opacity = OUTLINE_OPACITY if self.outlines_button.isChecked() else FILLED_OPACITY
+        target.metadata.update(minenet_zarr=str(out.zarr_path), minenet_image=layer.name)
+        self.slide_result, self.slide_layer, self.source_layer = out, target, layer
+        self.edit_region_button.setEnabled(True)
+        self.progress_bar.setValue(100)
+        self.progress_bar.setFormat("done")
+        resumed = f", {out.blocks_resumed} blocks from an earlier run" if out.blocks_resumed else ""
+        self.summary_label.setText(f"{out.count} {self.model.card.object_name if self.model else 'objects'} in "
+                                   f"{out.blocks_tissue} tissue blocks ({out.tissue_fraction:.0%} tissue{resumed}); "
+                                   f"saved in {out.zarr_path.parent}")
+
+    def correct_visible_region(self) -> None:
+        """Copy the whole slide's labels on the canvas into an editable layer (a crop), which
+        then works like any segmentation: brush, eraser, 'Add as training example'."""
+        if self.slide_result is None or self.slide_layer not in self.viewer.layers:
+            common.notify_error("Segment a whole slide first.")
+            return
+        image = self.source_layer
+        try:
+            region = image_region(image, self.viewer, visible_only=True)
+        except InputError as exc:
+            common.notify_error(str(exc))
+            return
+        (y0, x0), (h, w) = region.offset, region.plane_shape
+        if h * w > 16_000_000:
+            common.notify_error(f"The visible region is {h:,} x {w:,} px: zoom in to at most 4,000 x 4,000 px "
+                                "to correct it.")
+            return
+        labels = np.asarray(self.slide_layer.data[0][y0 : y0 + h, x0 : x0 + w]).astype(np.uint32)
+        region.load()
+        card = self.model.card
+        self.result = SegmentationResult(labels.copy(), None, None, card, card.default_threshold,  # type: ignore[arg-type]
+                                         card.instances, card.min_size)
+        self.region = region
+        name = f"{image.name} {card.object_name} (correction)"
+        self._show_labels(image, region, name, labels)
+        self.labels_layer.selected_label = int(self.slide_result.count) + 1
+        self.save_region_button.setEnabled(True)
+        self._update_summary()
+        self.segmented.emit(self.labels_layer)
+
+    def save_corrections_to_slide(self) -> None:
+        """Write the corrected region back into the slide's labels (all pyramid levels)."""
+        from .slide_engine import write_region
+
+        layer, region = self.labels_layer, self.region
+        if self.slide_result is None or layer is None or region is None or layer not in self.viewer.layers:
+            common.notify_error("Correct a region of a whole slide first.")
+            return
+        try:
+            write_region(self.slide_result.zarr_path, region.offset, np.asarray(layer.data))
+        except (OSError, ValueError) as exc:
+            common.notify_error(f"Could not save the corrections: {exc}")
+            return
+        if self.slide_layer in self.viewer.layers:
+            self.slide_layer.refresh()
+        layer.metadata["minenet_edited"] = False
+        common.notify_info(f"Saved the corrected region to {self.slide_result.zarr_path}")
 
     def cancel(self) -> None:
         """Stop the running segmentation after the current tile."""
@@ -447,7 +619,11 @@ class SegmentPanel(QWidget):
         translate = np.asarray(layer.translate, dtype=float)[-len(region.labels_shape):].copy()
         if scale is not None:
             translate[-2:] += np.asarray(region.offset) * scale[-2:]
-        return {"scale": scale, "translate": translate}
+        placement = {"scale": scale, "translate": translate}
+        units = getattr(layer, "units", None)  # um for slides: napari renders in units only when all agree
+        if units is not None:
+            placement["units"] = tuple(units)[-len(region.labels_shape):]
+        return placement
 
     def _show_labels(self, layer, region: ImageRegion, name: str, labels: np.ndarray) -> None:
         data = self._full_plane(region, labels, np.uint32)
@@ -518,6 +694,10 @@ class SegmentPanel(QWidget):
     def relabel(self) -> None:
         """Re-threshold the cached probabilities (no network run) in a worker; latest wins."""
         if self.result is None or self.labels_layer is None:
+            return
+        if getattr(self.result, "probability", None) is None:  # a region of a whole slide: no probabilities
+            common.notify_info("A whole slide keeps no probabilities: segment it again to use another threshold "
+                               "or minimum size.")
             return
         if self.relabel_worker is not None:
             self._pending_relabel = True

@@ -60,7 +60,7 @@ from .slides import Slide, TissueMask, glass_pixels, open_slide, tissue_mask
 from .zoo import SegmentationModel, load_model
 
 __all__ = ["SlideOptions", "SlideResult", "SlideJob", "segment_slide", "plan_slide", "block_tasks", "finish_slide",
-           "CONTEXT", "LABELS_PATH"]
+           "write_region", "CONTEXT", "LABELS_PATH"]
 
 #: px of context the network's output needs to equal the whole-image output (receptive
 #: field ~40 px, plus the tile blending margin)
@@ -585,3 +585,25 @@ def _run_blocks(job: SlideJob, todo, on_done: Callable[[int], None]) -> None:
 
     with _Report():
         dask.compute(*block_tasks(job, todo), scheduler="threads", num_workers=job.options.workers)
+
+
+def write_region(zarr_path: str | Path, offset: tuple[int, int], labels: np.ndarray) -> None:
+    """Write corrected labels of a box (top-left ``offset`` = (y, x) in level 0) into a slide's
+    labels image, and the matching boxes of every pyramid level (level k is level 0 sampled
+    every 2^k px). The GeoJSON / CSV written with the slide are not changed."""
+    import zarr
+
+    group = zarr.open_group(str(Path(zarr_path) / LABELS_PATH), mode="r+")
+    paths = [d["path"] for d in group.attrs["multiscales"][0]["datasets"]]
+    level0 = group[paths[0]]
+    y0, x0 = (int(v) for v in offset)
+    labels = np.asarray(labels)
+    if labels.ndim != 2 or y0 < 0 or x0 < 0 or y0 + labels.shape[0] > level0.shape[0] or \
+            x0 + labels.shape[1] > level0.shape[1]:
+        raise ValueError(f"labels {labels.shape} at {offset} do not fit the slide's {level0.shape}")
+    y1, x1 = y0 + labels.shape[0], x0 + labels.shape[1]
+    level0[y0:y1, x0:x1] = labels.astype(np.uint32)
+    for k, path in enumerate(paths[1:], start=1):
+        step = 2 ** k
+        ky0, kx0, ky1, kx1 = y0 // step, x0 // step, -(-y1 // step), -(-x1 // step)
+        group[path][ky0:ky1, kx0:kx1] = np.asarray(level0[ky0 * step : ky1 * step : step, kx0 * step : kx1 * step : step])

@@ -1,0 +1,122 @@
+"""The slide reader (npe2) and whole slides in the dock widget (Xvfb via pytest-xvfb)."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_minenet._reader import get_reader
+from napari_minenet.slide_samples import tissue_layout, write_slide_tiff
+
+
+@pytest.fixture(scope="module")
+def slide_path(tmp_path_factory):
+    import skimage.data
+
+    layout = tissue_layout((1600, 1600), [skimage.data.immunohistochemistry()], 0.4, origin=(300, 300))
+    return write_slide_tiff(tmp_path_factory.mktemp("reader") / "tissue.tif", layout, mpp=0.25, min_level_side=256)
+
+
+@pytest.fixture(autouse=True)
+def user_home(tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setenv("NAPARI_MINENET_HOME", str(tmp_path / "home"))
+    torch.set_num_threads(1)
+    return tmp_path / "home"
+
+
+def test_reader_claims_pyramids_and_leaves_small_tiffs_to_napari(slide_path, tmp_path):
+    reader = get_reader(str(slide_path))
+    assert reader is not None
+    [(data, kwargs, kind)] = reader(str(slide_path))
+    assert kind == "image" and kwargs["multiscale"] and kwargs["rgb"] and kwargs["scale"] == (0.25, 0.25)
+    assert kwargs["metadata"]["mpp"] == pytest.approx(0.25)
+    assert data[0].shape == (1600, 1600, 3) and not isinstance(data[0], np.ndarray)  # lazy
+    small = tmp_path / "small.tif"
+    tifffile.imwrite(small, np.zeros((32, 32), np.uint8))
+    assert get_reader(str(small)) is None and get_reader(str(tmp_path / "x.png")) is None
+
+
+def test_reader_opens_the_engine_output_as_multiscale_labels(slide_path, tmp_path):
+    from napari_minenet.slide_engine import SlideOptions, segment_slide
+
+    result = segment_slide(slide_path, "nuclei", tmp_path / "tissue.zarr", options=SlideOptions(block_size=1024))
+    [(data, kwargs, kind)] = get_reader(str(result.zarr_path))(str(result.zarr_path))
+    assert kind == "labels" and kwargs["multiscale"] and len(data) >= 2
+    assert kwargs["scale"] == (0.25, 0.25) and data[0].shape == (1600, 1600) and int(data[0][...].max()) == result.count
+
+
+@pytest.mark.gui
+def test_napari_opens_a_slide_as_a_multiscale_layer(make_napari_viewer, slide_path):
+    viewer = make_napari_viewer(show=False)
+    [layer] = viewer.open(str(slide_path), plugin="napari-minenet")
+    assert layer.multiscale and layer.rgb and tuple(layer.scale) == (0.25, 0.25)
+    assert layer.data[0].shape == (1600, 1600, 3)
+
+
+@pytest.mark.gui
+def test_whole_slide_in_the_widget_runs_in_the_background(make_napari_viewer, qtbot, slide_path, tmp_path):
+    """The widget runs the slide engine in a worker while the event loop keeps turning; the
+    result is a lazy multiscale Labels layer on the zarr; a visible region can be corrected,
+    added as a training example (a crop) and saved back into the slide's labels."""
+    from qtpy.QtCore import QTimer
+
+    from napari_minenet._widget import MiniNetWidget
+    from napari_minenet.zoo import load_model
+
+    viewer = make_napari_viewer(show=True)
+    [image] = viewer.open(str(slide_path), plugin="napari-minenet")
+    widget = MiniNetWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Mini-Net")
+    panel = widget.segment_panel
+    panel.select_model(load_model("nuclei").path)
+    panel.region_combo.setCurrentIndex(panel.region_combo.findData("slide"))
+    ticks = []
+    timer = QTimer()
+    # the event loop's heartbeat while the engine runs (the layer is added after it, once)
+    timer.timeout.connect(lambda: ticks.append(time.perf_counter()) if panel.worker is not None else None)
+    timer.start(20)
+    panel.run()
+    assert panel.worker is not None
+    qtbot.waitUntil(lambda: panel.worker is None, timeout=300_000)
+    timer.stop()
+    gaps = np.diff(ticks)
+    print(f"event loop while segmenting: {len(ticks)} ticks, longest gap {gaps.max() * 1000:.0f} ms, "
+          f"median {np.median(gaps) * 1000:.0f} ms")
+    assert len(ticks) > 10 and gaps.max() < 1.0 and np.median(gaps) < 0.1  # the viewer stayed responsive
+
+    result = panel.slide_result
+    assert result is not None and result.count > 100
+    labels = panel.slide_layer
+    assert labels.multiscale and not isinstance(labels.data[0], np.ndarray)  # lazy, on the zarr
+    assert tuple(labels.scale) == (0.25, 0.25)
+    assert result.zarr_path.parent == slide_path.parent / "tissue.minenet"  # beside the slide
+
+    camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera
+    camera.center = (0, 150.0, 150.0)  # world units are um: the first tissue tile
+    camera.zoom = 4.0
+    qtbot.wait(50)
+    panel.correct_visible_region()
+    crop = panel.labels_layer
+    assert crop is not None and not crop.multiscale and crop.editable
+    y0, x0 = panel.region.offset
+    h, w = crop.data.shape
+    assert h * w < 1600 * 1600 and np.array_equal(crop.data, np.asarray(labels.data[0][y0 : y0 + h, x0 : x0 + w]))
+    crop.data[5:15, 5:15] = 9999  # a brush correction
+    crop.refresh()
+    learn = widget.learn_panel
+    learn.open_store(tmp_path / "examples")
+    learn.add_example()
+    [record] = learn.store.records
+    assert tuple(record.shape[:2]) == (h, w)
+    panel.save_corrections_to_slide()
+    import zarr
+
+    saved = zarr.open_array(str(result.zarr_path / "labels/nuclei/0"), mode="r")
+    assert int(saved[y0 + 10, x0 + 10]) == 9999
+    level1 = zarr.open_array(str(result.zarr_path / "labels/nuclei/1"), mode="r")
+    assert int(level1[(y0 + 11) // 2, (x0 + 11) // 2]) == 9999  # the pyramid follows
