@@ -9,7 +9,7 @@ import pytest
 import tifffile
 
 from napari_minenet._reader import get_reader
-from napari_minenet.slide_samples import tissue_layout, write_slide_tiff
+from napari_minenet.slide_samples import tissue_layout, write_slide_tiff, write_svs
 
 
 @pytest.fixture(scope="module")
@@ -18,6 +18,14 @@ def slide_path(tmp_path_factory):
 
     layout = tissue_layout((1600, 1600), [skimage.data.immunohistochemistry()], 0.4, origin=(300, 300))
     return write_slide_tiff(tmp_path_factory.mktemp("reader") / "tissue.tif", layout, mpp=0.25, min_level_side=256)
+
+
+@pytest.fixture(scope="module")
+def svs_path(tmp_path_factory):
+    import skimage.data
+
+    layout = tissue_layout((2048, 2048), [skimage.data.immunohistochemistry()], 0.3)
+    return write_svs(tmp_path_factory.mktemp("svs") / "aperio.svs", layout, mpp=0.2525, min_level_side=128)
 
 
 @pytest.fixture(autouse=True)
@@ -41,6 +49,13 @@ def test_reader_claims_pyramids_and_leaves_small_tiffs_to_napari(slide_path, tmp
     assert get_reader(str(small)) is None and get_reader(str(tmp_path / "x.png")) is None
 
 
+def test_reader_opens_an_aperio_svs_as_a_pyramid_with_its_pixel_size(svs_path):
+    [(data, kwargs, kind)] = get_reader(str(svs_path))(str(svs_path))
+    assert kind == "image" and kwargs["multiscale"] and kwargs["metadata"]["format"] == "svs"
+    assert [d.shape[:2] for d in data] == [(2048, 2048), (512, 512), (128, 128)]
+    assert kwargs["scale"] == (0.2525, 0.2525)
+
+
 def test_reader_opens_the_engine_output_as_multiscale_labels(slide_path, tmp_path):
     from napari_minenet.slide_engine import SlideOptions, segment_slide
 
@@ -51,11 +66,23 @@ def test_reader_opens_the_engine_output_as_multiscale_labels(slide_path, tmp_pat
 
 
 @pytest.mark.gui
-def test_napari_opens_a_slide_as_a_multiscale_layer(make_napari_viewer, slide_path):
+def test_napari_opens_a_slide_as_a_multiscale_layer(make_napari_viewer, slide_path, svs_path):
     viewer = make_napari_viewer(show=False)
     [layer] = viewer.open(str(slide_path), plugin="napari-minenet")
     assert layer.multiscale and layer.rgb and tuple(layer.scale) == (0.25, 0.25)
     assert layer.data[0].shape == (1600, 1600, 3)
+    # napari's own reader also claims *.svs (and would load it whole): the README says how to
+    # make this one the default for slide extensions (Preferences > Plugins, or the setting below)
+    from napari.settings import get_settings
+
+    settings = get_settings().plugins
+    saved = dict(settings.extension2reader)
+    try:
+        settings.extension2reader = {**saved, "*.svs": "napari-minenet"}
+        [svs] = viewer.open(str(svs_path), plugin=None)  # what File > Open does
+    finally:
+        settings.extension2reader = saved
+    assert svs.multiscale and svs.rgb and svs.data[0].shape == (2048, 2048, 3)
 
 
 @pytest.mark.gui

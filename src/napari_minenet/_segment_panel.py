@@ -210,10 +210,13 @@ class SegmentPanel(QWidget):
         layout.addLayout(post)
         layout.addWidget(self.summary_label)
         layout.addWidget(self.export_button)
-        slide_row = QHBoxLayout()
+        self.slide_row = QWidget()  # shown once a whole slide is segmented (the dock stays short)
+        slide_row = QHBoxLayout(self.slide_row)
+        slide_row.setContentsMargins(0, 0, 0, 0)
         slide_row.addWidget(self.edit_region_button)
         slide_row.addWidget(self.save_region_button)
-        layout.addLayout(slide_row)
+        self.slide_row.setVisible(False)
+        layout.addWidget(self.slide_row)
 
         self._relabel_timer = common.debounce(self, 120, self.relabel)
 
@@ -474,6 +477,7 @@ class SegmentPanel(QWidget):
         target.metadata.update(minenet_zarr=str(out.zarr_path), minenet_image=layer.name)
         self.slide_result, self.slide_layer, self.source_layer = out, target, layer
         self.edit_region_button.setEnabled(True)
+        self.slide_row.setVisible(True)
         self.progress_bar.setValue(100)
         self.progress_bar.setFormat("done")
         resumed = f", {out.blocks_resumed} blocks from an earlier run" if out.blocks_resumed else ""

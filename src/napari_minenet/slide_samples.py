@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["TissueLayout", "tissue_layout", "write_slide_tiff", "GLASS"]
+__all__ = ["TissueLayout", "tissue_layout", "write_slide_tiff", "write_svs", "GLASS"]
 
 #: the colour of empty glass in a bright-field scan
 GLASS = (242, 241, 239)
@@ -120,4 +120,30 @@ def write_slide_tiff(path: str | Path, layout: TissueLayout, *, mpp: float = 0.2
                 tw.write(_tiles(layout, step, tile), subifds=n_levels - 1, **options)
             else:
                 tw.write(_tiles(layout, step, tile), subfiletype=1, **options)
+    return path
+
+
+def write_svs(path: str | Path, layout: TissueLayout, *, mpp: float = 0.25, tile: int = 256,
+              min_level_side: int = 512, compression: str = "zlib") -> Path:
+    """The same slide in Aperio's SVS layout: the tiled baseline with an ``Aperio Image
+    Library`` description holding ``MPP``, a stripped thumbnail, then the reduced levels
+    (4x each, as Aperio scanners write them) as further tiled pages."""
+    import tifffile
+
+    path = Path(path)
+    h, w = layout.shape
+    head = f"Aperio Image Library v12.0.15 \r\n{w}x{h} [0,0 {w}x{h}] ({tile}x{tile})"
+    kw = dict(photometric="rgb", compression=compression, metadata=None)
+    with tifffile.TiffWriter(path, bigtiff=True) as tw:
+        tw.write(_tiles(layout, 1, tile), shape=(h, w, 3), dtype=np.uint8, tile=(tile, tile),
+                 description=f"{head} RGB|AppMag = 40|MPP = {mpp:.4f}", **kw)
+        step = max(1, int(2 ** math.ceil(math.log2(max(h, w) / 256))))
+        tw.write(layout.region(0, math.ceil(h / step), 0, math.ceil(w / step), step),
+                 description=f"{head} -> {math.ceil(w / step)}x{math.ceil(h / step)} - |", **kw)
+        step = 4
+        while max(h, w) / step >= min_level_side:
+            shape = (math.ceil(h / step), math.ceil(w / step), 3)
+            tw.write(_tiles(layout, step, tile), shape=shape, dtype=np.uint8, tile=(tile, tile),
+                     description=f"{head} -> {shape[1]}x{shape[0]} RGB", **kw)
+            step *= 4
     return path
