@@ -631,3 +631,31 @@ def test_a_grey_image_on_a_colour_model_warns_in_the_viewer(make_napari_viewer, 
     viewer.add_image(_blobs(96, seed=2), name="colour", rgb=True)
     _segment(qtbot, widget.segment_panel)
     assert not notes["warning"], notes["warning"]
+
+
+def test_the_trainer_in_the_window_runs_at_headless_speed(make_napari_viewer, qtbot, tmp_path):
+    """Fine-tuning in a shown napari window gets >= 80 % of the training steps per second
+    that headless ``finetune`` gets on the same examples (the window must not steal the
+    trainer's CPU). Best of two alternating trials, to be fair to a busy machine."""
+    from napari_minenet.finetuning import FinetuneConfig, finetune
+    from napari_minenet.training import run_to_end
+
+    parent = _make_model()
+    viewer, widget = _segment_and_correct(make_napari_viewer, qtbot, tmp_path, parent)
+    viewer.window.show()
+    learn = widget.learn_panel
+    overrides = {"batch_size": 4, "patch_size": 96}
+    learn.config_overrides = dict(overrides)
+    examples = learn.store.load()
+    ratios = []
+    for _ in range(2):
+        with qtbot.waitSignal(learn.finetuned, timeout=120_000) as blocker:
+            learn.start_finetune(max_seconds=4)
+        in_window = blocker.args[0]
+        qtbot.waitUntil(lambda: learn.worker is None, timeout=30_000)
+        headless = run_to_end(finetune(parent, examples, FinetuneConfig(max_seconds=4, **overrides),
+                                       output=tmp_path / f"headless{len(ratios)}"))
+        ratios.append((in_window.steps / in_window.seconds) / (headless.steps / headless.seconds))
+        if ratios[-1] >= 0.8:
+            break
+    assert max(ratios) >= 0.8, ratios

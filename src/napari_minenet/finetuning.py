@@ -298,12 +298,15 @@ def finetune(
 
 def _fit(child: SegmentationModel, sampler: PatchSampler, held: list[TrainingExample], cfg: FinetuneConfig,
          parent: SegmentationModel, dev: torch.device, seconds: float, cancel, pause, *, instances: bool = False,
-         elapsed_before: float = 0.0, keep: str = "best",
-         loss_fn: torch.nn.Module | None = None) -> Generator[TrainingProgress, None, TrainingResult]:
-    """``training.fit`` with the fine-tuning settings; progress times continue from ``elapsed_before``."""
-    steps_per_epoch = cfg.steps_per_validation if held else cfg.max_steps
+         elapsed_before: float = 0.0, keep: str = "best", loss_fn: torch.nn.Module | None = None,
+         max_steps: int | None = None) -> Generator[TrainingProgress, None, TrainingResult]:
+    """``training.fit`` with the fine-tuning settings for ``seconds`` or ``max_steps``
+    (default ``cfg.max_steps``), whichever ends first; progress times continue from
+    ``elapsed_before``."""
+    max_steps = max(1, cfg.max_steps if max_steps is None else max_steps)
+    steps_per_epoch = min(cfg.steps_per_validation, max_steps) if held else max_steps
     gen = fit(
-        child, sampler, held, lr=cfg.lr, epochs=max(1, cfg.max_steps // steps_per_epoch),
+        child, sampler, held, lr=cfg.lr, epochs=max(1, max_steps // steps_per_epoch),
         steps_per_epoch=steps_per_epoch, lr_schedule="constant", patience=10**6, validate_instances=instances,
         max_seconds=max(1.0, seconds), device=dev, loss_fn=loss_fn or MiniNetLoss(),
         regularizer=l2sp_penalty(parent.network, cfg.l2sp) if cfg.l2sp > 0 else None, cancel=cancel, pause=pause,
@@ -436,8 +439,9 @@ def _learn_from_edits(parent_model, child, examples, cfg, dev, cancel, pause):
                            message=f"{len(keys)} corrections in {len(examples)} example(s), {n_held} held out to "
                                    "judge the new version")
     first = cfg.max_seconds * cfg.judge_fraction if n_held else cfg.max_seconds
+    first_steps = round(cfg.max_steps * cfg.judge_fraction) if n_held else cfg.max_steps
     result = yield from _fit(child, train_sampler, [], cfg, parent_model, dev, first, cancel, pause, keep="last",
-                             loss_fn=CorrectionLoss())
+                             loss_fn=CorrectionLoss(), max_steps=first_steps)
     if not n_held:
         reason = (f"only {len(keys)} correction(s): at least {MIN_CORRECTIONS} are needed so the new version can be "
                   "checked on corrections it did not learn from; the current model stays selected")
@@ -448,11 +452,11 @@ def _learn_from_edits(parent_model, child, examples, cfg, dev, cancel, pause):
     accepted, reason = correction_acceptance(scores, cfg.min_fixed, cfg.max_rest_changed, card.object_name)
     seconds = result.elapsed
     record = {"corrections": setup, "judged": dataclasses.asdict(scores)}
-    if accepted and cfg.max_seconds - seconds >= 1.0:
+    if accepted and cfg.max_seconds - seconds >= 1.0 and cfg.max_steps - result.steps >= 1:
         judged_state = copy.deepcopy(child.network.state_dict())
         more = yield from _fit(child, sampler(include_held=True), [], cfg, parent_model, dev,
                                cfg.max_seconds - seconds, cancel, pause, elapsed_before=seconds, keep="last",
-                               loss_fn=CorrectionLoss())
+                               loss_fn=CorrectionLoss(), max_steps=cfg.max_steps - result.steps)
         seconds += more.elapsed
         final = judge(child, [[] for _ in examples])
         record["refit"] = {"steps": more.steps, "rest_changed": final.rest_changed_fraction}
