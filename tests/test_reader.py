@@ -49,6 +49,17 @@ def test_reader_claims_pyramids_and_leaves_small_tiffs_to_napari(slide_path, tmp
     assert get_reader(str(small)) is None and get_reader(str(tmp_path / "x.png")) is None
 
 
+def test_a_large_image_without_pyramid_gets_lazy_reductions(tmp_path, monkeypatch):
+    import napari_minenet._reader as reader
+
+    monkeypatch.setattr(reader, "SLIDE_MIN_PIXELS", 1_000_000)
+    monkeypatch.setattr("napari_minenet.slides.SLIDE_MIN_PIXELS", 1_000_000)
+    path = tmp_path / "flat.tif"
+    tifffile.imwrite(path, np.full((2100, 2000, 3), 200, np.uint8), tile=(256, 256))
+    [(data, kwargs, _)] = get_reader(str(path))(str(path))
+    assert kwargs["multiscale"] and [d.shape[:2] for d in data] == [(2100, 2000), (1050, 1000)]
+
+
 def test_reader_opens_an_aperio_svs_as_a_pyramid_with_its_pixel_size(svs_path):
     [(data, kwargs, kind)] = get_reader(str(svs_path))(str(svs_path))
     assert kind == "image" and kwargs["multiscale"] and kwargs["metadata"]["format"] == "svs"

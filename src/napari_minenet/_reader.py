@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .slides import is_slide_path, looks_like_slide, open_slide
+from .slides import SLIDE_MIN_PIXELS, is_slide_path, looks_like_slide, open_slide
 
 
 def get_reader(path):
@@ -73,7 +73,19 @@ def _image_layer(slide):
               "scale": _scale(slide.mpp), "metadata": meta}
     if slide.mpp:
         kwargs["units"] = ("um", "um")
-    data = slide.levels if len(slide.levels) > 1 else slide.levels[0]
+    levels = list(slide.levels)
+    if len(levels) == 1 and slide.shape[0] * slide.shape[1] > SLIDE_MIN_PIXELS:
+        # a very large image without a pyramid: lazy reductions, so zooming out never loads
+        # the full resolution at once (the first view of a reduction reads its file once)
+        import dask.array as da
+
+        full = da.from_zarr(levels[0]) if hasattr(levels[0], "store") else da.asarray(levels[0])
+        step = 2
+        while max(slide.shape) / step >= 1024:
+            levels.append(full[::step, ::step])
+            step *= 2
+        kwargs["multiscale"] = len(levels) > 1
+    data = levels if len(levels) > 1 else levels[0]
     return data, kwargs, "image"
 
 

@@ -114,7 +114,7 @@ def is_slide_path(path: str | Path) -> bool:
     return name.endswith(SLIDE_SUFFIXES)
 
 
-def looks_like_slide(path: str | Path, min_pixels: int = SLIDE_MIN_PIXELS) -> bool:
+def looks_like_slide(path: str | Path, min_pixels: int | None = None) -> bool:
     """Whether ``path`` should go through the slide engine: a pyramid (.svs, .ndpi, tiled
     TIFF with reduced levels, OME-Zarr), or a TIFF with more than ``min_pixels`` pixels.
     Reads only the file's header."""
@@ -136,7 +136,7 @@ def looks_like_slide(path: str | Path, min_pixels: int = SLIDE_MIN_PIXELS) -> bo
         return False
     h = shape[axes.index("Y")] if "Y" in axes else 0
     w = shape[axes.index("X")] if "X" in axes else 0
-    return h * w > min_pixels
+    return h * w > (SLIDE_MIN_PIXELS if min_pixels is None else min_pixels)
 
 
 def open_slide(path: str | Path) -> Slide:
