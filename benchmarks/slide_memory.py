@@ -66,10 +66,12 @@ def run(slide: Path, out: Path, extra: list[str]) -> dict:
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
     rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr).group(1))
+    cpu = sum(float(re.search(rf"{kind} time \(seconds\): ([0-9.]+)", proc.stderr).group(1))
+              for kind in ("User", "System"))
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith(slide.name)][-1]
     count = int(re.search(r": (\d+) nuclei", line).group(1))
     blocks = re.search(r"(\d+) of (\d+) blocks", line)
-    return {"wall_s": round(wall, 1), "peak_rss_mb": round(rss / 1024), "nuclei": count,
+    return {"wall_s": round(wall, 1), "cpu_s": round(cpu, 1), "peak_rss_mb": round(rss / 1024), "nuclei": count,
             "tissue_blocks": int(blocks.group(1)), "blocks": int(blocks.group(2)), "summary": line}
 
 
@@ -93,11 +95,12 @@ def main(argv=None) -> int:
         info["load_average"] = [round(v, 2) for v in os.getloadavg()]
         print(json.dumps(info), flush=True)
         rows.append(info)
-    print("\n| slide (px) | tissue | tissue Mpx | tissue blocks / blocks | nuclei | wall time | peak RSS |")
-    print("|---|---|---|---|---|---|---|")
+    print("\n| slide (px) | tissue | tissue Mpx | tissue blocks / blocks | nuclei | wall time | CPU time | peak RSS |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['side']:,}^2 | {r['tissue_fraction']:.1%} | {r['tissue_mpx']:.0f} | {r['tissue_blocks']} / "
-              f"{r['blocks']} | {r['nuclei']:,} | {r['wall_s'] / 60:.1f} min | {r['peak_rss_mb']:,} MB |")
+              f"{r['blocks']} | {r['nuclei']:,} | {r['wall_s'] / 60:.1f} min | {r['cpu_s'] / 60:.1f} min | "
+              f"{r['peak_rss_mb']:,} MB |")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
     return 0
