@@ -250,6 +250,25 @@ def test_cancel_then_rerun_resumes_with_identical_labels(one_tile_slide, one_til
     assert again.blocks_computed == 0 and again.count == result.count  # finished: not recomputed
 
 
+def test_a_mask_model_gives_a_zero_one_slide(one_tile_slide, tmp_path):
+    """Models without instances (vessels, lesions) write 0/1 labels; nothing to outline."""
+    path, _ = one_tile_slide
+    result = segment_slide(path, "nuclei", tmp_path / "mask.zarr",
+                           options=SlideOptions(block_size=256, halo=128, instances=False),
+                           geojson=tmp_path / "none.geojson")
+    labels = _labels(result)
+    assert set(np.unique(labels)) == {0, 1} and result.count == 1
+    assert not (tmp_path / "none.geojson").exists()
+
+
+def test_bad_options_are_refused_before_any_work(one_tile_slide, tmp_path):
+    path, _ = one_tile_slide
+    for options in (SlideOptions(block_size=1536), SlideOptions(halo=32), SlideOptions(workers=0)):
+        with pytest.raises(ValueError):
+            segment_slide(path, "nuclei", tmp_path / "x.zarr", options=options)
+    assert not (tmp_path / "x.zarr").exists()
+
+
 # --------------------------------------------------------------------------- exports
 
 
