@@ -296,6 +296,7 @@ def _segment_slide_file(path: Path, out_dir: Path, stem: str, model, args) -> No
                            workers=args.workers)
     if args.block_size is not None:
         options.block_size = args.block_size
+    stem = stem.removesuffix(".ome")  # x.ome.tif -> x.zarr, not x.ome.zarr
     zarr_path = out_dir / f"{stem}.zarr"
     name = model.card.object_name
     bar = _LazyProgress(f"{path.name} (tissue blocks)", "block")
