@@ -67,6 +67,35 @@ def test_reader_opens_an_aperio_svs_as_a_pyramid_with_its_pixel_size(svs_path):
     assert kwargs["scale"] == (0.2525, 0.2525)
 
 
+def test_reader_opens_an_ome_tiff_pyramid_and_an_ome_zarr_image(tmp_path):
+    import zarr
+
+    from napari_minenet.slides import open_slide
+
+    img = np.random.default_rng(0).integers(0, 255, (512, 512, 3), dtype=np.uint8)
+    path = tmp_path / "x.ome.tif"
+    with tifffile.TiffWriter(path, ome=True) as tw:
+        tw.write(img, subifds=1, tile=(256, 256), photometric="rgb",
+                 metadata={"axes": "YXS", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5, "PhysicalSizeXUnit": "µm"})
+        tw.write(img[::2, ::2], subfiletype=1, tile=(256, 256), photometric="rgb")
+    [(data, kwargs, _)] = get_reader(str(path))(str(path))
+    assert kwargs["multiscale"] and kwargs["scale"] == (0.5, 0.5) and kwargs["metadata"]["format"] == "ome-tiff"
+    # OME-Zarr image (c, y, x) with a micrometre scale
+    root = zarr.open_group(str(tmp_path / "img.zarr"), mode="w", zarr_format=2)
+    for level, step in ((0, 1), (1, 2)):
+        root.create_array(str(level), data=np.moveaxis(img[::step, ::step], -1, 0), chunks=(3, 128, 128))
+    root.attrs["multiscales"] = [{"version": "0.4", "axes": [
+        {"name": "c", "type": "channel"}, {"name": "y", "type": "space", "unit": "micrometer"},
+        {"name": "x", "type": "space", "unit": "micrometer"}], "datasets": [
+        {"path": str(k), "coordinateTransformations": [{"type": "scale", "scale": [1, 0.3 * 2 ** k, 0.3 * 2 ** k]}]}
+        for k in (0, 1)]}]
+    with open_slide(tmp_path / "img.zarr") as slide:
+        assert slide.shape == (512, 512) and slide.rgb and slide.mpp == pytest.approx(0.3)
+        assert np.array_equal(slide.read(10, 20, 30, 50), img[10:20, 30:50])
+    [(data, kwargs, kind)] = get_reader(str(tmp_path / "img.zarr"))(str(tmp_path / "img.zarr"))
+    assert kind == "image" and kwargs["multiscale"] and data[1].shape == (256, 256, 3)
+
+
 def test_reader_opens_the_engine_output_as_multiscale_labels(slide_path, tmp_path):
     from napari_minenet.slide_engine import SlideOptions, segment_slide
 
