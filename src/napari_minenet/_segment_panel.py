@@ -421,7 +421,8 @@ class SegmentPanel(QWidget):
             common.notify_error(f"Cannot segment '{layer.name}' as a whole slide: {exc}")
             return
         model, name = self.model, f"{layer.name} {self.model.card.object_name} (whole slide)"
-        options = SlideOptions(device=self.device_combo.currentData(), instances=self.instances_check.isChecked())
+        options = SlideOptions(device=self.device_combo.currentData(), instances=self.instances_check.isChecked(),
+                               threshold=self.threshold_slider.value() / 100, min_size=self.min_size_spin.value())
         stem = out.name.removesuffix(".zarr")
         cancel = threading.Event()
         self._cancel_event = cancel
