@@ -89,6 +89,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--group-by", choices=("slide", "image"), default="slide",
                     help="hold out whole slides (ids <slide>_<n>) or single images")
+    ap.add_argument("--ids", nargs="+", default=None,
+                    help="only these images (e.g. a model's validation images, to test on data like its training set)")
     ap.add_argument("--max-seconds", type=float, default=None, help="fine-tuning budget (default: the widget's)")
     ap.add_argument("--max-eval", type=int, default=0, help="score at most this many other images (0: all)")
     ap.add_argument("--config", default="{}", help="JSON of FinetuneConfig fields to override (experiments)")
@@ -98,7 +100,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     parent = load_model(args.model)
-    examples = load_dataset(args.data)
+    examples = load_dataset(args.data, ids=args.ids)
     overrides = json.loads(args.config)
     cfg = dataclasses.replace(FinetuneConfig(), **overrides)
     if args.max_seconds is not None:
@@ -128,6 +130,7 @@ def main() -> None:
                     "accepted": result.accepted, "reason": result.reason, "steps": result.steps,
                     "train_s": round(result.seconds, 1), "wall_s": round(wall, 1),
                     "eval_images": len(rest),
+                    "judged": None if result.corrections is None else dataclasses.asdict(result.corrections),
                     **{f"{m}_before": before.get(m) for m in KEYS if m in before},
                     **{f"{m}_candidate": after.get(m) for m in KEYS if m in after},
                     **{f"{m}_kept": kept.get(m) for m in KEYS if m in kept},
@@ -136,12 +139,20 @@ def main() -> None:
                 print(f"seed {seed} n {n} k {k:3d}: {len(kinds)} edits, {result.steps} steps, "
                       f"{'KEPT' if result.accepted else 'not kept'}; F1 {before['f1']:.4f} -> {after['f1']:.4f}"
                       + (f", AJI {before['aji']:.4f} -> {after['aji']:.4f}" if "aji" in before else "")
-                      + f"  | {result.reason}", flush=True)
+                      + _judge_line(result.corrections) + f"  | {result.reason}", flush=True)
     summary = {"model": args.model, "data": args.data, "config": dataclasses.asdict(cfg), "runs": rows}
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(summary, indent=1))
         print(f"wrote {args.json}")
+
+
+def _judge_line(scores) -> str:
+    if scores is None:
+        return ""
+    return (f"; judge: held-out BCE {scores.parent_edited_loss:.3f} -> {scores.edited_loss:.3f}, agreement "
+            f"{scores.parent_edited_agreement:.2f} -> {scores.edited_agreement:.2f}, rest changed "
+            f"{100 * scores.rest_changed_fraction:.2f} %")
 
 
 def _finetune_without_saving(parent, examples, cfg, seed):

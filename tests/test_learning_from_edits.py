@@ -10,9 +10,9 @@ import torch
 from skimage.draw import disk
 
 from napari_minenet.data import InputError, TrainingExample
-from napari_minenet.edits import correction_scores, edited_pixels, find_corrections
+from napari_minenet.edits import correction_acceptance, correction_scores, edited_pixels, find_corrections
 from napari_minenet.examples import ExampleStore
-from napari_minenet.finetuning import FinetuneConfig, correction_acceptance, finetune
+from napari_minenet.finetuning import FinetuneConfig, finetune
 from napari_minenet.patches import PatchSampler
 from napari_minenet.simulated_user import simulate_corrections
 from napari_minenet.training import run_to_end
@@ -74,20 +74,35 @@ def test_correction_scores_count_fixed_broken_and_rest():
     corr = find_corrections(before, after, margin=2)
     corrected = after > 0
     parent = before > 0
+    parent_prob = np.where(parent, 0.9, 0.1)
     # a candidate that reproduces both corrections and changes nothing else
-    s = correction_scores(corrected, parent, corrected, corr, [1, 2])
+    good_prob = np.where(corrected, 0.8, 0.2)
+    s = correction_scores(corrected, parent, corrected, corr, [1, 2], candidate_prob=good_prob,
+                          parent_prob=parent_prob)
     assert (s.held_out, s.fixed, s.broken, s.parent_fixed) == (2, 2, 0, 0)
-    assert s.rest_changed_fraction == 0.0
+    assert s.rest_changed_fraction == 0.0 and s.loss_drop > 0.5
     assert "fixes 2 of 2 corrections it did not see" in s.summary()
+    ok, why = correction_acceptance(s, 0.02, 0.02)
+    assert ok and "fixes 2 of 2" in why and "closer" in why
+    # one that moves a little towards them without flipping any: kept on the loss
+    near_prob = np.where(corrected & ~parent, 0.3, np.where(parent & ~corrected, 0.7, parent_prob))
+    s = correction_scores(parent, parent, corrected, corr, [1, 2], candidate_prob=near_prob, parent_prob=parent_prob)
+    assert s.fixed == 0 and s.loss_drop > 0.02
+    assert correction_acceptance(s, 0.02, 0.02)[0]
     # one that ignores them and also drops the untouched nucleus
     bad = parent.copy()
     bad[before == 2] = False
-    s = correction_scores(bad, parent, corrected, corr, [1, 2])
-    assert s.fixed == 0 and s.rest_changed > 0 and s.rest_changed_fraction > 0
-    ok, why = correction_acceptance(s, 0.25, 0.05)
-    assert not ok and "fixes 0 of 2" in why
-    ok, why = correction_acceptance(correction_scores(corrected, parent, corrected, corr, [1, 2]), 0.25, 0.05)
-    assert ok and "fixes 2 of 2" in why
+    s = correction_scores(bad, parent, corrected, corr, [1, 2], candidate_prob=np.where(bad, 0.9, 0.1),
+                          parent_prob=parent_prob)
+    assert s.fixed == 0 and s.rest_changed > 0 and s.rest_changed_fraction > 0.01
+    ok, why = correction_acceptance(s, 0.02, 0.02)
+    assert not ok and "fixes 0 of 2" in why and "not closer" in why
+    # close to the corrections but changing much of the rest
+    drifted = corrected.copy()
+    drifted[75:95, 0:40] = True  # foreground where nobody corrected anything
+    s = correction_scores(drifted, parent, corrected, corr, [1, 2], candidate_prob=good_prob, parent_prob=parent_prob)
+    ok, why = correction_acceptance(s, 0.02, 0.02)
+    assert not ok and "of what you did not correct" in why
 
 
 def test_simulated_user_paints_missed_erases_false_and_splits():
