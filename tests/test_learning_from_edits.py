@@ -294,3 +294,19 @@ def test_correction_loss_is_smallest_at_the_soft_target():
     moved = torch.logit(target).clone().requires_grad_(True)
     dice_loss(moved[:, :1], target[:, :1]).backward()
     assert moved.grad.abs().max() > 1e-4  # soft Dice would still push
+
+
+def test_changed_objects_counts_new_removed_and_reshaped():
+    from napari_minenet.edits import changed_objects
+
+    before = _blobs([(20, 20), (60, 60), (80, 20)])
+    after = before.copy()
+    assert changed_objects(before, after) == 0
+    after[before == 1] = 0  # removed
+    after[_blobs([(20, 70)]) > 0] = 9  # new
+    after[before == 3] = 7  # same object, another id: not a change
+    assert changed_objects(before, after) == 2
+    grown = _blobs([(60, 60)], radius=9) > 0
+    after[grown] = 2  # reshaped
+    assert changed_objects(before, after) == 3  # the reshaped one counts once
+    assert changed_objects(before > 0, after > 0, instances=False) == int(((before > 0) != (after > 0)).sum())

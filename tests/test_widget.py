@@ -294,7 +294,7 @@ def test_correct_add_example_and_finetune_selects_new_version(make_napari_viewer
     parent_hash = _sha(parent)
     viewer, widget = _segment_and_correct(make_napari_viewer, qtbot, tmp_path, parent)
     learn, panel = widget.learn_panel, widget.segment_panel
-    learn.resegment_check.setChecked(False)
+    learn.resegment_check.setChecked(True)
     learn.config_overrides = {"lr": 5e-3, "l2sp": 0.0, "batch_size": 2, "patch_size": 96}
     # the plumbing, not the judge (tests/test_learning_from_edits.py tests the judge): an
     # untrained parent's corrections are one big region, so let the candidate through
@@ -302,6 +302,9 @@ def test_correct_add_example_and_finetune_selects_new_version(make_napari_viewer
     monkeypatch.setattr(finetuning, "MIN_CORRECTIONS", 1)
     learn.start_finetune(max_seconds=8)
     qtbot.waitUntil(lambda: learn.worker is None, timeout=120_000)
+    # the kept version re-segments the image and says what changed
+    qtbot.waitUntil(lambda: any("The new version changed" in m for m in notes["info"]), timeout=120_000)
+    assert "The new version changed" in learn.status_label.text()
     assert not notes["error"], notes["error"]
     versions = [p for p in user_models_dir().glob("testnuclei-ft-*.safetensors")]
     assert len(versions) == 1, (notes, learn.status_label.text())

@@ -225,8 +225,8 @@ def correction_scores(candidate_fg: np.ndarray, parent_fg: np.ndarray, corrected
 
 def changed_objects(before: np.ndarray, after: np.ndarray, *, instances: bool = True, iou: float = 0.8) -> int:
     """How many objects differ between two label images: objects of ``after`` without an
-    object of ``before`` that overlaps it with IoU >= ``iou``, plus objects of ``before``
-    that have no such match in ``after`` (new, removed, split, merged or reshaped). For
+    object of ``before`` that overlaps it with IoU >= ``iou`` (new, reshaped, split or
+    merged), plus objects of ``before`` that overlap nothing in ``after`` (removed). For
     binary labels: the number of pixels whose foreground changed."""
     before, after = np.asarray(before), np.asarray(after)
     if before.shape != after.shape:
@@ -241,10 +241,12 @@ def changed_objects(before: np.ndarray, after: np.ndarray, *, instances: bool = 
     area_b = np.bincount(b)
     union = area_a[pairs[0]] + area_b[pairs[1]] - inter
     good = inter / union >= iou
-    matched_a, matched_b = set(pairs[0][good].tolist()), set(pairs[1][good].tolist())
+    matched_a = set(pairs[0][good].tolist())
     ids_a = set(np.flatnonzero(area_a[1:]) + 1)
     ids_b = set(np.flatnonzero(area_b[1:]) + 1)
-    return len(ids_a - matched_a) + len(ids_b - matched_b)
+    # new, reshaped, split or merged objects count once each (as the object they are now);
+    # removed ones are the old objects that overlap nothing now
+    return len(ids_a - matched_a) + len(ids_b - set(pairs[1].tolist()))
 
 
 def correction_acceptance(scores: CorrectionScores, min_loss_drop: float, max_rest_changed: float) -> tuple[bool, str]:
