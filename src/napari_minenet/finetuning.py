@@ -86,8 +86,11 @@ class FinetuneConfig:
     #: share of the training time spent before the judgement; the rest refits on every correction
     judge_fraction: float = 0.6
     #: accept only when the candidate moves towards the held-out corrections: their loss
-    #: (BCE on the edited pixels) at least this much lower than the parent's ...
-    min_loss_drop: float = 0.02
+    #: (BCE on the edited pixels) at least this much lower than the parent's. Measured with
+    #: 20 simulated corrections on 2 images: 14 % and 16 % on MoNuSeg validation images (the
+    #: training domain; other images' F1 -0.005 / +0.001, AJI -0.001 / -0.003), 23 % on TNBC
+    #: (a stain the model never saw; other tiles' F1 +0.016, AJI +0.013) ...
+    min_loss_drop: float = 0.2
     #: ... and it changes at most this share of the pixels nobody corrected (beyond the
     #: parent's own disagreement when it re-predicts the crop). Both from measurements:
     #: docs/training.md
