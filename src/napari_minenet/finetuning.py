@@ -70,8 +70,10 @@ class FinetuneConfig:
     #: forget shapes; "all" = every weight. On STARE (a fundus dataset the vessels model never
     #: saw) "all" lowered F1 at every learning rate tried, "norm" raised it (docs/results.md).
     train: str = "norm"
-    #: "flips" (flips and 90 degree turns) or "task" (the augmentation of training from scratch)
-    augmentation: str = "flips"
+    #: "flips" (flips and 90 degree turns), "task" (the augmentation of training from
+    #: scratch) or "auto": flips for corrected examples (measured, docs/training.md), the
+    #: task's for fully labelled ones (as before corrections were learnt from)
+    augmentation: str = "auto"
     # --- examples with the labels predicted before the user's edits (the widget's examples)
     #: loss weight of the pixels of a correction (edited objects and a margin around them)
     edit_weight: float = 1.0
@@ -242,8 +244,8 @@ def finetune(
     cfg = config or FinetuneConfig()
     if cfg.train not in ("all", "norm"):
         raise ValueError(f"FinetuneConfig.train must be 'all' or 'norm', not {cfg.train!r}")
-    if cfg.augmentation not in ("flips", "task"):
-        raise ValueError(f"FinetuneConfig.augmentation must be 'flips' or 'task', not {cfg.augmentation!r}")
+    if cfg.augmentation not in ("auto", "flips", "task"):
+        raise ValueError(f"FinetuneConfig.augmentation must be 'auto', 'flips' or 'task', not {cfg.augmentation!r}")
     parent_model = load_model(parent)
     data_source = str(examples) if not isinstance(examples, list) else "corrected examples"
     if not isinstance(examples, list):
@@ -325,16 +327,18 @@ def _fit(child: SegmentationModel, sampler: PatchSampler, held: list[TrainingExa
         yield record
 
 
-#: fine-tuning augments with flips and 90 degree turns only: the examples already are the
+#: fine-tuning on corrections augments with flips and 90 degree turns only: the examples already are the
 #: user's stain and scanner, and the stain / intensity / scale jitter of training from
 #: scratch made each step 3.6x slower on a 2-core CPU (60 steps: 166 s vs 46 s) and, on an
 #: unseen H&E dataset, turned a gain into a loss (docs/training.md)
 FINETUNE_AUGMENTATION = Augmentation(scale=(1.0, 1.0), flips=True, intensity=0.0, stain=0.0)
 
 
-def _sampler(examples: list[TrainingExample], card, cfg: FinetuneConfig, **kwargs) -> PatchSampler:
+def _sampler(examples: list[TrainingExample], card, cfg: FinetuneConfig, corrections: bool,
+             **kwargs) -> PatchSampler:
     patch = min(cfg.patch_size, *(min(ex.mask.shape) for ex in examples))
-    augmentation = FINETUNE_AUGMENTATION if cfg.augmentation == "flips" else Augmentation.for_task(card.task)
+    flips = cfg.augmentation == "flips" or (cfg.augmentation == "auto" and corrections)
+    augmentation = FINETUNE_AUGMENTATION if flips else Augmentation.for_task(card.task)
     return PatchSampler(
         examples, patch_size=max(32, patch - patch % 4), batch_size=cfg.batch_size, normalization=card.normalization,
         in_channels=card.in_channels, contours=card.has_contours, augmentation=augmentation, seed=cfg.seed, **kwargs,
@@ -353,7 +357,7 @@ def _learn_from_labels(parent_model, child, examples, cfg, dev, cancel, pause):
                               else (float("nan"), {}, None))
     yield TrainingProgress("validation", 0, 0, cfg.max_steps, 0.0, val_loss=before_loss, val_score=before.get("f1"),
                            val_metrics=before, message="parent model on the held-out corrections")
-    result = yield from _fit(child, _sampler(train_ex, child.card, cfg), held_ex, cfg, parent_model, dev,
+    result = yield from _fit(child, _sampler(train_ex, child.card, cfg, corrections=False), held_ex, cfg, parent_model, dev,
                              cfg.max_seconds, cancel, pause, instances=instances)
     after, after_loss = dict(result.val_metrics), result.best_val_loss
     if not held_ex:
@@ -420,7 +424,7 @@ def _learn_from_edits(parent_model, child, examples, cfg, dev, cancel, pause):
                 w[corr.mask(held_ids)] = 0.0  # not a hint of the held-out corrections
             weights.append(w)
             focus.append(learn)
-        return _sampler(examples, card, cfg, targets=targets, weights=weights, focus=focus,
+        return _sampler(examples, card, cfg, corrections=True, targets=targets, weights=weights, focus=focus,
                         focus_probability=cfg.focus_probability)
 
     def judge(model: SegmentationModel, held_ids: list[list[int]]) -> CorrectionScores:
