@@ -566,12 +566,12 @@ class LearnPanel(QWidget):
                   f"({result.total_seconds:.0f} s with preparation and checks)")
         if not result.accepted:
             self.progress_bar.setFormat("kept the current model")
-            common.notify_warning(f"The fine-tuned version was not kept: {result.reason}")
-            self.status_label.setText(f"{result.reason}. {timing}.")
+            common.notify_warning(f"The new version was not kept, the current model stays selected: {result.reason}")
+            self.status_label.setText(f"Not kept, the current model stays: {result.reason}. {timing}.")
             self.finetuned.emit(result)
             return
         self.progress_bar.setFormat("new version saved")
-        self.status_label.setText(f"{result.model.card.name}: {result.reason}. {timing}.")
+        self.status_label.setText(f"Kept {result.model.card.name}: {result.reason}. {timing}.")
         common.notify_info(f"Saved and selected {result.model.card.name}: {result.reason}")
         self._previous_labels = self._current_labels()
         self.segment_panel.select_model(result.saved_to)

@@ -146,16 +146,18 @@ class CorrectionScores:
         return 1.0 - self.edited_loss / self.parent_edited_loss
 
     def summary(self) -> str:
-        """'fixes 9 of 12 corrections it did not see, 40 % closer on all of them; changes 0.4 % of the rest'."""
+        """'12 corrections it did not see: 35 % closer to them, 2 fixed outright; changes 0.7 % of the rest'."""
         parts = []
         if self.held_out:
-            text = f"fixes {self.fixed} of {self.held_out - self.parent_fixed} corrections it did not see"
+            unseen = self.held_out - self.parent_fixed
+            text = f"{unseen} correction{'s' if unseen != 1 else ''} it did not see: "
             if np.isfinite(self.loss_drop):
-                text += (f", {100 * self.loss_drop:.0f} % closer on all of them" if self.loss_drop >= 0
-                         else f", {100 * -self.loss_drop:.0f} % further from them")
-            parts.append(text)
+                text += (f"{100 * self.loss_drop:.0f} % closer to them" if self.loss_drop >= 0
+                         else f"{100 * -self.loss_drop:.0f} % further from them")
+            text += f", {self.fixed} fixed outright"
             if self.broken:
-                parts.append(f"undoes {self.broken} the current model already got right")
+                text += f", {self.broken} that were right undone"
+            parts.append(text)
         parts.append(f"changes {100 * self.rest_changed_fraction:.1f} % of the rest")
         return "; ".join(parts)
 
@@ -262,11 +264,9 @@ def correction_acceptance(scores: CorrectionScores, min_loss_drop: float, max_re
     """
     summary = scores.summary()
     if not scores.held_out or not np.isfinite(scores.loss_drop):
-        return False, f"no held-out correction could be scored ({summary}); the current model stays selected"
+        return False, f"no held-out correction could be scored ({summary})"
     if scores.loss_drop < min_loss_drop:
-        return False, (f"not kept: it {summary}, which is not closer to your corrections than the current model "
-                       f"(needs {100 * min_loss_drop:.0f} % closer)")
+        return False, f"not close enough to your corrections (needs {100 * min_loss_drop:.0f} % closer): {summary}"
     if scores.rest_changed_fraction > max_rest_changed:
-        return False, (f"not kept: it {summary}, more than {100 * max_rest_changed:.0f} % of what you did not "
-                       "correct")
-    return True, f"it {summary}"
+        return False, f"changes more than {100 * max_rest_changed:.0f} % of what you did not correct: {summary}"
+    return True, summary

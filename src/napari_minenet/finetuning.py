@@ -453,7 +453,7 @@ def _learn_from_edits(parent_model, child, examples, cfg, dev, cancel, pause):
                              loss_fn=CorrectionLoss(), max_steps=first_steps)
     if not n_held:
         reason = (f"only {len(keys)} correction(s): at least {MIN_CORRECTIONS} are needed so the new version can be "
-                  "checked on corrections it did not learn from; the current model stays selected")
+                  "checked on corrections it did not learn from")
         return _Outcome(False, reason, {}, {}, result, result.elapsed, {"corrections": setup})
     yield TrainingProgress("checking", 0, result.steps, cfg.max_steps, result.elapsed,
                            message=f"checking the new version on the {n_held} corrections it did not learn from")
