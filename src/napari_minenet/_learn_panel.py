@@ -485,7 +485,8 @@ class LearnPanel(QWidget):
         if rec.kind == "step" and rec.loss is not None:
             self.loss_plot.add_step(rec.loss, repaint=False)
             self._last_loss = rec.loss
-        elif rec.kind == "validation" and rec.val_loss is not None and np.isfinite(rec.val_loss):
+        elif rec.kind == "validation" and rec.val_metrics and rec.val_loss is not None and np.isfinite(rec.val_loss):
+            # (learning from corrections validates nothing during training: the judge comes after)
             self.loss_plot.add_held_out(rec.val_loss, repaint=False)
             self._last_val = rec.val_score
         self._last_record = rec
