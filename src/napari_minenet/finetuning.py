@@ -397,9 +397,8 @@ def _learn_from_edits(parent_model, child, examples, cfg, dev, cancel, pause):
         raise InputError("the examples hold no corrections: their labels are what the model predicted. Paint the "
                          "objects it missed and erase the wrong ones before adding an example")
     n_held = max(1, int(round(len(keys) * cfg.held_out_corrections))) if len(keys) >= MIN_CORRECTIONS else 0
-    order = np.random.default_rng(cfg.seed).permutation(len(keys))
-    held = [sorted(k for j, (i, k) in enumerate(keys) if i == e and j in set(order[:n_held].tolist()))
-            for e in range(len(examples))]
+    held_keys = {keys[j] for j in np.random.default_rng(cfg.seed).permutation(len(keys))[:n_held]}
+    held = [sorted(k for i, k in held_keys if i == e) for e in range(len(examples))]
     parent_probs, hard = [], []
     for ex in examples:
         if cancel is not None and cancel():
