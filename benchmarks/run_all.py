@@ -406,7 +406,7 @@ def main(argv=None) -> int:
         for name in args.only or SCRIPTS:
             results[name] = run(name, cmds[name], json_dir / f"{name}.json", args.timeout)
     report = {
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "command": "python benchmarks/run_all.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "quick": args.quick,
         "synthetic_data_only": True,

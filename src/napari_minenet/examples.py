@@ -188,7 +188,7 @@ class ExampleStore:
         record = ExampleRecord(
             id=ident, source=source, box=tuple(int(v) for v in box), shape=tuple(int(s) for s in image.shape),
             objects=int(len(np.unique(labels)) - (1 if (labels == 0).any() else 0)), edited_pixels=edited_pixels,
-            model=model, created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), scale=scale,
+            model=model, created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"), scale=scale,
             has_before=before is not None,
         )
         self._records.append(record)

@@ -369,7 +369,7 @@ def save_model(model: SegmentationModel, path: str | os.PathLike, *, overwrite: 
     card = validate_card(dataclasses.replace(model.card))
     card.weights_sha256 = tensors_digest(state)
     card.package_version = card.package_version or package_version()
-    card.created = card.created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    card.created = card.created or _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
     card_json = json.dumps(card.to_dict())
     blob = st_save(state, metadata={"format": "pt", "name": card.name, "minenet_card": card_json})
     if weights_path.parent.is_dir():
