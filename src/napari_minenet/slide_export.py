@@ -144,14 +144,38 @@ def _number(value: float):
     return round(float(value), 3)
 
 
-class GeoJSONWriter:
+class _StreamingFile:
+    """A file written through a temporary twin and renamed into place at ``close`` (atomic:
+    a crash leaves the previous file, never half of a new one)."""
+
+    def __init__(self, path: str | os.PathLike, **open_kwargs) -> None:
+        self.path = Path(path)
+        self.tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        self.fh = open(self.tmp, "w", encoding="utf-8", **open_kwargs)
+        self.count = 0
+
+    def _finish(self) -> Path:
+        self.fh.flush()
+        os.fsync(self.fh.fileno())
+        self.fh.close()
+        os.replace(self.tmp, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        self.fh.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+def _pixel_header(columns) -> list[str]:
+    return ["id"] + [f"{c}_px" if c in _LENGTHS or c == "area" else c for c in columns]
+
+
+class GeoJSONWriter(_StreamingFile):
     """Streams a FeatureCollection to ``path`` (written to a temporary file, renamed at close)."""
 
     def __init__(self, path: str | os.PathLike, *, object_name: str = "nuclei", mpp: float | None = None) -> None:
-        self.path = Path(path)
-        self.tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        self.fh = open(self.tmp, "w", encoding="utf-8")
-        self.count, self.mpp = 0, mpp
+        super().__init__(path)
+        self.mpp = mpp
         self.classification = {"name": object_name.capitalize(), "color": [255, 255, 0]}
         self.fh.write('{"type": "FeatureCollection", "features": [\n')
 
@@ -168,31 +192,21 @@ class GeoJSONWriter:
 
     def close(self) -> Path:
         self.fh.write("\n]}\n")
-        self.fh.flush()
-        os.fsync(self.fh.fileno())
-        self.fh.close()
-        os.replace(self.tmp, self.path)
-        return self.path
-
-    def abort(self) -> None:
-        self.fh.close()
-        self.tmp.unlink(missing_ok=True)
+        return self._finish()
 
 
-class CSVWriter:
+class CSVWriter(_StreamingFile):
     """Streams one row per object to ``path``: ``id``, the measurements in pixels, and the
     same in um / um^2 when the pixel size ``mpp`` is known."""
 
     def __init__(self, path: str | os.PathLike, *, mpp: float | None = None) -> None:
-        self.path = Path(path)
-        self.tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        self.fh = open(self.tmp, "w", encoding="utf-8", newline="")
+        super().__init__(path, newline="")
         self.writer = csv.writer(self.fh)
-        self.mpp, self.count, self.header = mpp, 0, None
+        self.mpp, self.header = mpp, None
 
     def add(self, ids: np.ndarray, table: ObjectTable) -> None:
         if self.header is None:
-            self.header = ["id"] + [f"{c}_px" if c in _LENGTHS or c == "area" else c for c in table.columns]
+            self.header = _pixel_header(table.columns)
             if self.mpp:
                 self.header += [f"{c}_um" for c in _LENGTHS] + ["area_um2"]
             self.writer.writerow(self.header)
@@ -208,14 +222,5 @@ class CSVWriter:
 
     def close(self) -> Path:
         if self.header is None:
-            self.writer.writerow(["id"] + [f"{c}_px" if c in _LENGTHS or c == "area" else c
-                                           for c in MEASUREMENT_COLUMNS])
-        self.fh.flush()
-        os.fsync(self.fh.fileno())
-        self.fh.close()
-        os.replace(self.tmp, self.path)
-        return self.path
-
-    def abort(self) -> None:
-        self.fh.close()
-        self.tmp.unlink(missing_ok=True)
+            self.writer.writerow(_pixel_header(MEASUREMENT_COLUMNS))
+        return self._finish()
