@@ -1,18 +1,23 @@
 """Fine-tuning a model on a handful of corrected examples, safely.
 
-What makes fine-tuning from 1-4 corrections help instead of hurt (docs/training.md, docs/results.md):
+Two ways in, chosen by what the examples hold (docs/training.md, docs/results.md):
 
-* the same normalisation as in training and segmentation: each batch holds patches of one
-  image, so BatchNorm uses that image's statistics (segmentation re-estimates them on the
-  image being segmented);
-* only the BatchNorm scales / shifts and the final classifier learn (``train="norm"``); an
-  L2-SP penalty keeps the convolution weights that learn near the parent's;
-* a held-out part of the corrections (whole examples when there are 4 or more, otherwise
-  a strip of each example) scores the parent *before* training and every few steps
-  during it; the best weights are kept;
-* the new version is only accepted when it beats the parent on that held-out part
-  (loss at least 3 % lower, F1 and, for nuclei, AJI at least as high);
-  otherwise the caller is told and nothing replaces the parent.
+* **Corrections** (the widget's examples keep the labels the model predicted *before* the
+  user's edits): the edits are the signal. Pixels of each correction (the edited objects
+  and a margin, :mod:`napari_minenet.edits`) are trained towards the corrected labels, the
+  rest towards the parent's own probabilities, so a few strokes move the model without
+  forgetting. A third of the corrections is held out; the candidate trained without them
+  must come clearly closer to them (``min_loss_drop``) while changing little of what
+  nobody corrected (``max_rest_changed``); only then does it train on every correction
+  and replace its parent.
+* **Full labels** (a folder of images and masks): every pixel is truth; a held-out strip
+  (or whole examples when there are 4 or more) judges the candidate: loss at least
+  ``min_gain`` lower, F1 and, for nuclei, AJI at least as high.
+
+Either way only the BatchNorm scales / shifts and the final classifier learn by default
+(``train="norm"``), each batch holds patches of one image (the same per-image
+normalisation as segmentation), an L2-SP penalty keeps learning weights near the parent's,
+and a refused or cancelled candidate is never saved.
 
 ``finetune`` is a generator like ``training.fit``; its return value says whether the new
 version was accepted and where it was saved.
@@ -34,7 +39,7 @@ import numpy as np
 import torch
 
 from .data import InputError, TrainingExample, load_dataset
-from .edits import CorrectionScores, correction_acceptance, correction_scores, find_corrections
+from .edits import Corrections, CorrectionScores, correction_acceptance, correction_scores, find_corrections
 from .inference import Cancelled, predict_tiled, select_device
 from .losses import CorrectionLoss, MiniNetLoss
 from .patches import Augmentation, PatchSampler, example_targets
@@ -378,6 +383,89 @@ def _foreground(probs: np.ndarray, card) -> np.ndarray:
     return labels_for(probs[0], contour, card, card.default_threshold, card.instances, card.min_size) > 0
 
 
+@dataclass
+class _EditPlan:
+    """The corrections of examples with a "before", which are held out, and the parent's view."""
+
+    corrections: list[Corrections | None]  # per example (None: fully labelled example)
+    count: int  # corrections in all
+    held: list[list[int]]  # per example, the ids of its held-out corrections
+    parent_probs: list[np.ndarray]
+    parent_fg: list[np.ndarray]
+    targets: list[np.ndarray]  # the corrected labels as training targets
+
+    @property
+    def n_held(self) -> int:
+        return sum(len(h) for h in self.held)
+
+    def setup_record(self) -> dict:
+        kinds = [kind for c in self.corrections if c is not None for kind in c.kinds]
+        return {"corrections": self.count, "held_out": self.n_held, "added": kinds.count("added"),
+                "removed": kinds.count("removed"), "reshaped": kinds.count("reshaped")}
+
+
+def _plan_edits(parent_model, examples, cfg: FinetuneConfig, dev, cancel) -> _EditPlan:
+    """Find the corrections, choose the held-out ones (``cfg.held_out_corrections`` of them,
+    none below ``MIN_CORRECTIONS``) and predict each example with the parent once."""
+    card = parent_model.card
+    corrections = [None if ex.before is None else find_corrections(ex.before, ex.labels if ex.labels is not None
+                                                                     else ex.mask) for ex in examples]
+    keys = [(i, k) for i, c in enumerate(corrections) if c is not None for k in range(1, c.count + 1)]
+    if not keys:
+        raise InputError("the examples hold no corrections: their labels are what the model predicted. Paint the "
+                         "objects it missed and erase the wrong ones before adding an example")
+    n_held = max(1, int(round(len(keys) * cfg.held_out_corrections))) if len(keys) >= MIN_CORRECTIONS else 0
+    held_keys = {keys[j] for j in np.random.default_rng(cfg.seed).permutation(len(keys))[:n_held]}
+    held = [sorted(k for i, k in held_keys if i == e) for e in range(len(examples))]
+    parent_probs, targets = [], []
+    for ex in examples:
+        if cancel is not None and cancel():
+            raise Cancelled()
+        parent_probs.append(predict_tiled(ex.image, parent_model, device=dev, scale=ex.scale))
+        targets.append(example_targets(ex, card.has_contours))
+    parent_fg = [_foreground(p, card) for p in parent_probs]
+    return _EditPlan(corrections, len(keys), held, parent_probs, parent_fg, targets)
+
+
+def _edit_sampler(plan: _EditPlan, examples, card, cfg: FinetuneConfig, include_held: bool) -> PatchSampler:
+    """Patches whose targets are the corrected labels inside the corrections (weight
+    ``edit_weight``) and the parent's probabilities elsewhere (``rest_weight``); without
+    ``include_held`` the held-out corrections weigh nothing."""
+    targets, weights, focus = [], [], []
+    for ex, corr, hard, soft, held_ids in zip(examples, plan.corrections, plan.targets, plan.parent_probs, plan.held):
+        if corr is None:  # a fully labelled example among corrected ones: every pixel counts
+            targets.append(hard)
+            weights.append(np.full(ex.mask.shape, cfg.edit_weight, np.float32))
+            focus.append(None)
+            continue
+        learn = corr.mask(None if include_held else [k for k in range(1, corr.count + 1) if k not in held_ids])
+        targets.append(np.where(learn[None], hard, soft.astype(np.float32)))
+        w = np.full(ex.mask.shape, cfg.rest_weight, np.float32)
+        w[learn] = cfg.edit_weight
+        if not include_held and held_ids:
+            w[corr.mask(held_ids)] = 0.0  # not a hint of the held-out corrections
+        weights.append(w)
+        focus.append(learn)
+    return _sampler(examples, card, cfg, corrections=True, targets=targets, weights=weights, focus=focus,
+                    focus_probability=cfg.focus_probability)
+
+
+def _judge(model: SegmentationModel, plan: _EditPlan, examples, dev, cancel,
+           held: list[list[int]]) -> CorrectionScores:
+    """Score ``model`` against the parent on the corrections ``held`` (per example) and on
+    the pixels nobody corrected."""
+    total = CorrectionScores()
+    for ex, corr, ids, pfg, pprob in zip(examples, plan.corrections, held, plan.parent_fg, plan.parent_probs):
+        if corr is None:
+            continue
+        if cancel is not None and cancel():
+            raise Cancelled()
+        probs = predict_tiled(ex.image, model, device=dev, scale=ex.scale)
+        total = total.add(correction_scores(_foreground(probs, model.card), pfg, ex.mask, corr, ids, valid=ex.fov,
+                                            candidate_prob=probs[0], parent_prob=pprob[0]))
+    return total
+
+
 def _learn_from_edits(parent_model, child, examples, cfg, dev, cancel, pause):
     """Examples with the labels before the edit: the corrections are the signal.
 
@@ -390,92 +478,52 @@ def _learn_from_edits(parent_model, child, examples, cfg, dev, cancel, pause):
     """
     card = child.card
     t_setup = time.perf_counter()
-    corrections = [None if ex.before is None else find_corrections(ex.before, ex.labels if ex.labels is not None
-                                                                     else ex.mask) for ex in examples]
-    keys = [(i, k) for i, c in enumerate(corrections) if c is not None for k in range(1, c.count + 1)]
-    if not keys:
-        raise InputError("the examples hold no corrections: their labels are what the model predicted. Paint the "
-                         "objects it missed and erase the wrong ones before adding an example")
-    n_held = max(1, int(round(len(keys) * cfg.held_out_corrections))) if len(keys) >= MIN_CORRECTIONS else 0
-    held_keys = {keys[j] for j in np.random.default_rng(cfg.seed).permutation(len(keys))[:n_held]}
-    held = [sorted(k for i, k in held_keys if i == e) for e in range(len(examples))]
-    parent_probs, hard = [], []
-    for ex in examples:
-        if cancel is not None and cancel():
-            raise Cancelled()
-        parent_probs.append(predict_tiled(ex.image, parent_model, device=dev, scale=ex.scale))
-        hard.append(example_targets(ex, card.has_contours))
-    parent_fg = [_foreground(p, card) for p in parent_probs]
-
-    def sampler(include_held: bool) -> PatchSampler:
-        targets, weights, focus = [], [], []
-        for ex, corr, h, soft, held_ids in zip(examples, corrections, hard, parent_probs, held):
-            if corr is None:  # a fully labelled example among corrected ones: every pixel counts
-                targets.append(h)
-                weights.append(np.full(ex.mask.shape, cfg.edit_weight, np.float32))
-                focus.append(None)
-                continue
-            learn = corr.mask(None if include_held else [k for k in range(1, corr.count + 1) if k not in held_ids])
-            targets.append(np.where(learn[None], h, soft.astype(np.float32)))
-            w = np.full(ex.mask.shape, cfg.rest_weight, np.float32)
-            w[learn] = cfg.edit_weight
-            if not include_held and held_ids:
-                w[corr.mask(held_ids)] = 0.0  # not a hint of the held-out corrections
-            weights.append(w)
-            focus.append(learn)
-        return _sampler(examples, card, cfg, corrections=True, targets=targets, weights=weights, focus=focus,
-                        focus_probability=cfg.focus_probability)
-
-    def judge(model: SegmentationModel, held_ids: list[list[int]]) -> CorrectionScores:
-        total = CorrectionScores()
-        for ex, corr, ids, pfg, pprob in zip(examples, corrections, held_ids, parent_fg, parent_probs):
-            if corr is None:
-                continue
-            if cancel is not None and cancel():
-                raise Cancelled()
-            probs = predict_tiled(ex.image, model, device=dev, scale=ex.scale)
-            total = total.add(correction_scores(_foreground(probs, card), pfg, ex.mask, corr, ids, valid=ex.fov,
-                                                candidate_prob=probs[0], parent_prob=pprob[0]))
-        return total
-
-    train_sampler = sampler(include_held=False)
-    kinds = [kind for c in corrections if c is not None for kind in c.kinds]
-    setup = {"corrections": len(keys), "held_out": n_held, "added": kinds.count("added"),
-             "removed": kinds.count("removed"), "reshaped": kinds.count("reshaped"),
-             "setup_s": round(time.perf_counter() - t_setup, 1)}
+    plan = _plan_edits(parent_model, examples, cfg, dev, cancel)
+    setup = {**plan.setup_record(), "setup_s": round(time.perf_counter() - t_setup, 1)}
+    n_held = plan.n_held
     yield TrainingProgress("setup", 0, 0, cfg.max_steps, 0.0,
-                           message=f"{len(keys)} corrections in {len(examples)} example(s), {n_held} held out to "
+                           message=f"{plan.count} corrections in {len(examples)} example(s), {n_held} held out to "
                                    "judge the new version")
     first = cfg.max_seconds * cfg.judge_fraction if n_held else cfg.max_seconds
     first_steps = round(cfg.max_steps * cfg.judge_fraction) if n_held else cfg.max_steps
-    result = yield from _fit(child, train_sampler, [], cfg, parent_model, dev, first, cancel, pause, keep="last",
-                             loss_fn=CorrectionLoss(), max_steps=first_steps)
+    result = yield from _fit(child, _edit_sampler(plan, examples, card, cfg, include_held=False), [], cfg,
+                             parent_model, dev, first, cancel, pause, keep="last", loss_fn=CorrectionLoss(),
+                             max_steps=first_steps)
     if not n_held:
-        reason = (f"only {len(keys)} correction(s): at least {MIN_CORRECTIONS} are needed so the new version can be "
+        reason = (f"only {plan.count} correction(s): at least {MIN_CORRECTIONS} are needed so the new version can be "
                   "checked on corrections it did not learn from")
         return _Outcome(False, reason, {}, {}, result, result.elapsed, {"corrections": setup})
     yield TrainingProgress("checking", 0, result.steps, cfg.max_steps, result.elapsed,
                            message=f"checking the new version on the {n_held} corrections it did not learn from")
-    scores = judge(child, held)
+    scores = _judge(child, plan, examples, dev, cancel, plan.held)
     accepted, reason = correction_acceptance(scores, cfg.min_loss_drop, cfg.max_rest_changed)
     seconds = result.elapsed
     record = {"corrections": setup, "judged": dataclasses.asdict(scores)}
     if accepted and cfg.max_seconds - seconds >= 1.0 and cfg.max_steps - result.steps >= 1:
-        judged_state = copy.deepcopy(child.network.state_dict())
-        more = yield from _fit(child, sampler(include_held=True), [], cfg, parent_model, dev,
-                               cfg.max_seconds - seconds, cancel, pause, elapsed_before=seconds, keep="last",
-                               loss_fn=CorrectionLoss(), max_steps=cfg.max_steps - result.steps)
-        seconds += more.elapsed
-        final = judge(child, [[] for _ in examples])
-        record["refit"] = {"steps": more.steps, "rest_changed": final.rest_changed_fraction}
-        if final.rest_changed_fraction > cfg.max_rest_changed:
-            child.network.load_state_dict(judged_state)  # the refit drifted: keep the judged weights
-            record["refit"]["kept"] = False
-        else:
-            record["refit"]["kept"] = True
-            result.steps += more.steps
+        seconds += yield from _refit(plan, parent_model, child, examples, cfg, dev, cancel, pause, result, seconds,
+                                     record)
     before = {"fixed": float(scores.parent_fixed), "rest_changed": 0.0,
               "edited_agreement": scores.parent_edited_agreement}
     after = {"fixed": float(scores.parent_fixed + scores.fixed - scores.broken),
              "rest_changed": scores.rest_changed_fraction, "edited_agreement": scores.edited_agreement}
     return _Outcome(accepted, reason, before, after, result, seconds, record, corrections=scores)
+
+
+def _refit(plan, parent_model, child, examples, cfg, dev, cancel, pause, result: TrainingResult, seconds: float,
+           record: dict):
+    """After the judgement: go on training on every correction for the rest of the budget;
+    undo it when it changes more than ``max_rest_changed`` of what nobody corrected.
+    Returns the optimisation seconds it used (``result.steps`` grows when it is kept)."""
+    judged_state = copy.deepcopy(child.network.state_dict())
+    more = yield from _fit(child, _edit_sampler(plan, examples, child.card, cfg, include_held=True), [], cfg,
+                           parent_model, dev, cfg.max_seconds - seconds, cancel, pause, elapsed_before=seconds,
+                           keep="last", loss_fn=CorrectionLoss(), max_steps=cfg.max_steps - result.steps)
+    final = _judge(child, plan, examples, dev, cancel, [[] for _ in examples])
+    record["refit"] = {"steps": more.steps, "rest_changed": final.rest_changed_fraction}
+    if final.rest_changed_fraction > cfg.max_rest_changed:
+        child.network.load_state_dict(judged_state)  # the refit drifted: keep the judged weights
+        record["refit"]["kept"] = False
+    else:
+        record["refit"]["kept"] = True
+        result.steps += more.steps
+    return more.elapsed
