@@ -66,6 +66,26 @@ def test_find_corrections_groups_each_edit_with_a_margin():
     assert find_corrections(before, before).count == 0
 
 
+def test_binary_corrections_are_the_edited_pieces_not_the_whole_vessel_tree():
+    # a vessel-like binary mask: one connected tree; the user paints two missed branches
+    # far apart and erases one false piece. Each is its own correction; the tree is not.
+    before = np.zeros((120, 120), np.uint8)
+    before[60, 5:115] = 1  # trunk
+    before[10:60, 30] = 1  # branch
+    before[60:110, 90] = 1  # branch
+    after = before.astype(bool).copy()
+    after[10:60, 60] = True  # missed branch, touching the trunk
+    after[60:110, 15] = True  # another missed branch
+    after[10:60, 30] = False  # a false branch erased
+    corr = find_corrections(before, after, margin=2, objects=False)
+    assert corr.count == 3
+    assert sorted(corr.kinds) == ["added", "added", "removed"]
+    assert corr.regions[60, 100] == 0 and corr.regions[100, 90] == 0  # untouched trunk and branch
+    assert corr.mask().mean() < 0.2
+    # as instance labels the tree would be one object that every edit touches
+    assert find_corrections(before, after, margin=2).count == 1
+
+
 def test_correction_scores_count_fixed_broken_and_rest():
     before = _blobs([(20, 20), (60, 60)])
     after = before.copy()

@@ -67,18 +67,22 @@ class Corrections:
         return np.isin(self.regions, np.asarray(ids, dtype=self.regions.dtype)) & (self.regions > 0)
 
 
-def find_corrections(before: np.ndarray, after: np.ndarray, margin: int = MARGIN) -> Corrections:
+def find_corrections(before: np.ndarray, after: np.ndarray, margin: int = MARGIN, *,
+                     objects: bool = True) -> Corrections:
     """Group the edited pixels into corrections.
 
-    A correction is the union of the objects (before or after) that touch an edit, plus the
-    edited pixels, dilated by ``margin``; touching groups merge into one correction.
+    Instance labels (``objects=True``, nuclei): a correction is the union of the objects
+    (before or after) that touch an edit, plus the edited pixels, dilated by ``margin``.
+    Binary masks (``objects=False``, vessels and lesions): the foreground is one connected
+    "object" (a vessel tree), so a correction is a connected piece of edited pixels dilated
+    by ``margin``. Touching groups merge into one correction either way.
     """
     before, after = np.asarray(before), np.asarray(after)
     edited = edited_pixels(before, after)
     if not edited.any():
         return Corrections(np.zeros(before.shape, np.int32), 0, edited, [])
     area = edited.copy()
-    for labels in (before, after):
+    for labels in (before, after) if objects else ():
         touched = np.unique(labels[edited & (labels > 0)])
         if touched.size:
             area |= np.isin(labels, touched)

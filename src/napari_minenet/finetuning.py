@@ -408,8 +408,8 @@ def _plan_edits(parent_model, examples, cfg: FinetuneConfig, dev, cancel) -> _Ed
     """Find the corrections, choose the held-out ones (``cfg.held_out_corrections`` of them,
     none below ``MIN_CORRECTIONS``) and predict each example with the parent once."""
     card = parent_model.card
-    corrections = [None if ex.before is None else find_corrections(ex.before, ex.labels if ex.labels is not None
-                                                                     else ex.mask) for ex in examples]
+    corrections = [None if ex.before is None else find_corrections(
+        ex.before, ex.labels if ex.labels is not None else ex.mask, objects=card.instances) for ex in examples]
     keys = [(i, k) for i, c in enumerate(corrections) if c is not None for k in range(1, c.count + 1)]
     if not keys:
         raise InputError("the examples hold no corrections: their labels are what the model predicted. Paint the "
