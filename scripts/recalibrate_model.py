@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from napari_minenet.data import load_dataset
 from napari_minenet.inference import select_device
 from napari_minenet.losses import MiniNetLoss
-from napari_minenet.training import calibrate_and_score
+from napari_minenet.validation import calibrate_and_score
 from napari_minenet.zoo import ModelCard, SegmentationModel, save_model
 
 

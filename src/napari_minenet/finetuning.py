@@ -44,7 +44,8 @@ from .inference import Cancelled, predict_tiled, select_device
 from .losses import CorrectionLoss, MiniNetLoss
 from .patches import Augmentation, PatchSampler, example_targets
 from .segmentation import labels_for
-from .training import TrainingProgress, TrainingResult, fit, hardware_description, resize_examples, validate
+from .training import TrainingProgress, TrainingResult, fit, hardware_description, resize_examples
+from .validation import validate
 from .zoo import SegmentationModel, check_model_name, load_model, save_model, user_models_dir
 
 __all__ = ["FinetuneConfig", "FinetuneResult", "acceptance", "finetune", "holdout_split", "l2sp_penalty",

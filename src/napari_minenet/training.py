@@ -5,15 +5,14 @@ and after every validation, checks a cancel flag between steps, and returns a
 :class:`TrainingResult`. The CLI turns the records into a progress bar, the napari widget
 into a progress bar, a loss plot and notifications.
 
-Validation runs the network exactly as segmentation does (``predict_tiled``: per-image
-BatchNorm statistics, tiling), so the validation score is the score users get.
+Validation and calibration live in :mod:`napari_minenet.validation`, checkpoints in
+:mod:`napari_minenet.checkpoints`.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import math
 import platform
 import time
@@ -26,14 +25,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from .checkpoints import load_checkpoint, restore_optimizer, save_checkpoint, sub_state
 from .data import TrainingExample, load_dataset, rescale_image, working_scale
-from .files import atomic_write_bytes, atomic_write_json
-from .inference import Cancelled, predict_tiled, select_device
+from .inference import Cancelled, select_device
 from .losses import MiniNetLoss
-from .metrics import instance_metrics, mean_metrics, pixel_metrics
 from .model import count_parameters
-from .patches import Augmentation, PatchSampler, example_targets
-from .postprocess import labels_from_probability
+from .patches import Augmentation, PatchSampler
+from .validation import calibrate_and_score, validate
 from .zoo import TASKS, ModelCard, SegmentationModel, save_model
 
 __all__ = [
@@ -193,142 +191,116 @@ def resize_examples(examples: list[TrainingExample], long_side: int | None) -> l
     return out
 
 
-# --------------------------------------------------------------------------- validation
-
-
-def validate(
-    model: SegmentationModel,
-    examples: list[TrainingExample],
-    loss_fn: nn.Module,
-    device: torch.device,
-    *,
-    instances: bool = False,
-    probabilities: list[np.ndarray] | None = None,
-) -> tuple[float, dict[str, float], list[np.ndarray]]:
-    """Validation loss and mean metrics over ``examples``, predicted like ``segment`` does.
-
-    Returns (loss, metrics, probability maps) so callers can reuse the maps (threshold
-    selection) without predicting again.
-    """
-    losses, rows, probs_out = [], [], []
-    card = model.card
-    for k, ex in enumerate(examples):
-        probs = probabilities[k] if probabilities is not None else predict_tiled(ex.image, model, device=device,
-                                                                                 scale=ex.scale)
-        probs_out.append(probs)
-        target = torch.from_numpy(example_targets(ex, card.has_contours))[None]
-        logits = torch.logit(torch.from_numpy(probs)[None].clamp(1e-6, 1 - 1e-6))
-        valid = None if ex.fov is None else torch.from_numpy(ex.fov[None, None].astype(np.float32))
-        losses.append(float(loss_fn(logits, target, valid)))
-        row = pixel_metrics(probs[0] > card.default_threshold, ex.mask, prob=probs[0], fov=ex.fov)
-        if instances and ex.labels is not None:
-            labels = _labels(probs, card, card.default_threshold)
-            row.update(instance_metrics(labels, ex.labels))
-        rows.append(row)
-    return float(np.mean(losses)) if losses else float("nan"), mean_metrics(rows), probs_out
-
-
-def _labels(probs: np.ndarray, card: ModelCard, threshold: float) -> np.ndarray:
-    return labels_from_probability(
-        probs[0],
-        threshold=threshold,
-        contour=probs[1] if card.has_contours else None,
-        contour_threshold=card.contour_threshold,
-        instances=card.instances,
-        min_size=card.min_size,
-        fill_holes=card.fill_holes,
-        keep_largest=card.keep_largest,
-    )
-
-
-def choose_threshold(model: SegmentationModel, examples: list[TrainingExample], probs: list[np.ndarray]) -> float:
-    """The foreground threshold (0.30 ... 0.70) with the best mean validation F1."""
-    if not examples:
-        return model.card.default_threshold
-    best_t, best_f1 = model.card.default_threshold, -1.0
-    for t in np.round(np.arange(0.30, 0.701, 0.05), 2):
-        f1 = np.mean([pixel_metrics(p[0] > t, ex.mask, fov=ex.fov)["f1"] for p, ex in zip(probs, examples)])
-        if f1 > best_f1 + 1e-6:
-            best_t, best_f1 = float(t), float(f1)
-    return best_t
-
-
-def choose_instance_thresholds(model: SegmentationModel, examples: list[TrainingExample],
-                               probs: list[np.ndarray]) -> tuple[float, float]:
-    """(foreground, contour) thresholds with the best mean validation AJI (instance models
-    with labelled validation images); the card's values when there is nothing to tune on."""
-    card = model.card
-    usable = [(p, ex) for p, ex in zip(probs, examples) if ex.labels is not None]
-    if not usable or not card.instances:
-        return card.default_threshold, card.contour_threshold
-    best, best_aji = (card.default_threshold, card.contour_threshold), -1.0
-    contour_grid = (0.4, 0.5, 0.6, 0.7) if card.has_contours else (card.contour_threshold,)
-    for t in (0.4, 0.45, 0.5, 0.55, 0.6):
-        for ct in contour_grid:
-            trial = dataclasses.replace(card, contour_threshold=ct)
-            aji = np.mean([instance_metrics(_labels(p, trial, t), ex.labels)["aji"] for p, ex in usable])
-            if aji > best_aji + 1e-6:
-                best, best_aji = (float(t), float(ct)), float(aji)
-    return best
-
-
-# --------------------------------------------------------------------------- checkpoints
-
-
-def _state_tensors(prefix: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {f"{prefix}.{k}": v.detach().cpu().contiguous() for k, v in state.items()}
-
-
-def save_checkpoint(path: Path, *, network: nn.Module, best_state: dict, optimizer: torch.optim.Optimizer,
-                    meta: dict[str, Any]) -> None:
-    """Everything needed to resume, as safetensors + JSON (no pickle), written atomically."""
-    from safetensors.torch import save as st_save
-
-    tensors = _state_tensors("model", network.state_dict())
-    tensors.update(_state_tensors("best", best_state))
-    opt = optimizer.state_dict()
-    for idx, st in opt["state"].items():
-        for key, value in st.items():
-            tensors[f"optim.{idx}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
-    tensors["rng.torch"] = torch.get_rng_state()
-    meta = dict(meta, param_groups=opt["param_groups"])
-    # the JSON lives inside the tensors file too: the .safetensors alone is a consistent
-    # checkpoint even if a crash separates it from the readable .json copy
-    blob = st_save(tensors, metadata={"minenet_checkpoint": json.dumps(meta)})
-    atomic_write_bytes(path.with_name(path.name + ".safetensors"), blob)
-    atomic_write_json(path.with_name(path.name + ".json"), meta)
-
-
-def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    base = Path(str(path).removesuffix(".safetensors").removesuffix(".json"))
-    tensors_path = base.with_name(base.name + ".safetensors")
-    if not tensors_path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {tensors_path}")
-    with safe_open(str(tensors_path), framework="pt") as fh:
-        meta_text = (fh.metadata() or {}).get("minenet_checkpoint")
-    if meta_text is None:
-        raise ValueError(f"{tensors_path} is not a napari-minenet training checkpoint")
-    return load_file(str(tensors_path)), json.loads(meta_text)
-
-
-def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict, meta: dict) -> None:
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for key, value in tensors.items():
-        if key.startswith("optim."):
-            _, idx, name = key.split(".", 2)
-            state.setdefault(int(idx), {})[name] = value
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-
-
-def _sub(tensors: dict, prefix: str) -> dict:
-    n = len(prefix) + 1
-    return {k[n:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
-
-
 # --------------------------------------------------------------------------- the loop
+
+
+class _Loop:
+    """The state of one optimisation run (what ``fit`` drives): weights, optimiser, the best
+    validation so far, steps and the clock (which stops while paused)."""
+
+    def __init__(self, model: SegmentationModel, sampler: PatchSampler, val_examples: list[TrainingExample], *,
+                 lr: float, epochs: int, steps_per_epoch: int, lr_schedule: str, max_seconds: float | None,
+                 device: torch.device, loss_fn: nn.Module, regularizer, validate_instances: bool):
+        self.model, self.sampler, self.val_examples = model, sampler, val_examples
+        self.lr, self.lr_schedule, self.max_seconds = lr, lr_schedule, max_seconds
+        self.steps_per_epoch, self.total_steps = steps_per_epoch, epochs * steps_per_epoch
+        self.dev, self.loss_fn, self.regularizer = device, loss_fn, regularizer
+        self.validate_instances = validate_instances
+        self.net = model.network.to(device).to(memory_format=torch.channels_last)
+        self.initial = copy.deepcopy(self.net.state_dict())
+        self.optimizer = torch.optim.Adam([p for p in self.net.parameters() if p.requires_grad], lr=lr)
+        self.history: list[dict[str, Any]] = []
+        self.best_state = copy.deepcopy(self.net.state_dict())
+        self.best_loss, self.best_epoch, self.bad_epochs, self.best_metrics = math.inf, 0, 0, {}
+        self.step, self.epoch = 0, 0
+        self.start, self.paused_for = time.perf_counter(), 0.0
+
+    def resume(self, path: Path) -> None:
+        tensors, meta = load_checkpoint(path)
+        self.net.load_state_dict(sub_state(tensors, "model"))
+        self.best_state = sub_state(tensors, "best")
+        restore_optimizer(self.optimizer, tensors, meta)
+        torch.set_rng_state(tensors["rng.torch"])
+        self.sampler.set_state(meta["sampler_rng"])
+        self.step, self.epoch = meta["step"], meta["epoch"]
+        self.best_loss, self.best_epoch, self.bad_epochs = meta["best_val_loss"], meta["best_epoch"], meta["bad_epochs"]
+        self.best_metrics, self.history = meta.get("best_metrics", {}), meta.get("history", [])
+        self.start = time.perf_counter() - meta["elapsed"]
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start - self.paused_for
+
+    def wait_while_paused(self, pause, cancel) -> None:
+        while pause is not None and pause():
+            if cancel is not None and cancel():
+                return
+            time.sleep(0.05)
+            self.paused_for += 0.05
+
+    def lr_at(self, step: int) -> float:
+        if self.lr_schedule == "constant":
+            return self.lr
+        frac = step / max(1, self.total_steps)
+        if self.max_seconds:
+            frac = max(frac, self.elapsed() / self.max_seconds)
+        return self.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
+
+    def train_step(self) -> TrainingProgress:
+        x, y, *weight = self.sampler.sample()
+        x = x.to(self.dev, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        y = y.to(self.dev, non_blocking=True)
+        weight = weight[0].to(self.dev, non_blocking=True) if weight else None
+        lr = self.lr_at(self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        loss = self.loss_fn(self.net(x), y, weight)
+        total = loss + self.regularizer(self.net) if self.regularizer is not None else loss
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        self.optimizer.step()
+        self.step += 1
+        value = loss.item()
+        self.history.append({"step": self.step, "loss": value, "lr": lr})
+        return TrainingProgress("step", self.epoch, self.step, self.total_steps, self.elapsed(), loss=value, lr=lr)
+
+    def validation(self) -> TrainingProgress:
+        """Validate (or, without validation data, average the last epoch's training loss)
+        and remember the best weights."""
+        self.net.eval()
+        if self.val_examples:
+            vloss, vmetrics, _ = validate(self.model, self.val_examples, self.loss_fn, self.dev,
+                                          instances=self.validate_instances)
+        else:
+            recent = [h["loss"] for h in self.history[-self.steps_per_epoch:] if "loss" in h]
+            vloss, vmetrics = (float(np.mean(recent)) if recent else math.inf), {}
+        self.net.train()
+        improved = vloss < self.best_loss - 1e-5
+        if improved:
+            self.best_loss, self.best_epoch, self.bad_epochs = vloss, self.epoch, 0
+            self.best_state = copy.deepcopy(self.net.state_dict())
+            self.best_metrics = vmetrics
+        else:
+            self.bad_epochs += 1
+        self.history.append({"epoch": self.epoch, "step": self.step, "val_loss": vloss, "elapsed": self.elapsed(),
+                             **{f"val_{k}": v for k, v in vmetrics.items()}})
+        return TrainingProgress("validation", self.epoch, self.step, self.total_steps, self.elapsed(),
+                                val_loss=vloss, val_score=vmetrics.get("f1"), val_metrics=vmetrics,
+                                improved=improved)
+
+    def save(self, path: Path, meta: dict[str, Any] | None) -> None:
+        save_checkpoint(path, network=self.net, best_state=self.best_state, optimizer=self.optimizer,
+                        meta=dict(meta or {}, step=self.step, epoch=self.epoch, elapsed=self.elapsed(),
+                                  best_val_loss=self.best_loss, best_epoch=self.best_epoch,
+                                  bad_epochs=self.bad_epochs, best_metrics=self.best_metrics,
+                                  history=self.history, sampler_rng=self.sampler.state()))
+
+    def finish(self, keep: str, stopped: str) -> TrainingResult:
+        if keep == "last":
+            self.best_state, self.best_epoch = copy.deepcopy(self.net.state_dict()), self.epoch
+        self.net.load_state_dict(self.best_state)
+        self.net.eval()
+        return TrainingResult(self.model, self.history, self.best_epoch, self.best_loss, self.best_metrics, stopped,
+                              self.elapsed(), self.step)
 
 
 def fit(
@@ -364,167 +336,43 @@ def fit(
     ``keep="last"`` the weights of the last step (then validation data is optional and
     only reported).
     """
-    dev = select_device(device)
-    net = model.network.to(dev).to(memory_format=torch.channels_last)
-    initial = copy.deepcopy(net.state_dict())
-    loss_fn = loss_fn or MiniNetLoss()
-    params = [p for p in net.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=lr)
-    total_steps = epochs * steps_per_epoch
-    history: list[dict[str, Any]] = []
-    best_state = copy.deepcopy(net.state_dict())
-    best_loss, best_epoch, bad_epochs, best_metrics = math.inf, 0, 0, {}
-    step, epoch, elapsed_before = 0, 0, 0.0
-
+    loop = _Loop(model, sampler, val_examples, lr=lr, epochs=epochs, steps_per_epoch=steps_per_epoch,
+                 lr_schedule=lr_schedule, max_seconds=max_seconds, device=select_device(device),
+                 loss_fn=loss_fn or MiniNetLoss(), regularizer=regularizer, validate_instances=validate_instances)
     if resume is not None:
-        tensors, meta = load_checkpoint(resume)
-        net.load_state_dict(_sub(tensors, "model"))
-        best_state = _sub(tensors, "best")
-        _restore_optimizer(optimizer, tensors, meta)
-        torch.set_rng_state(tensors["rng.torch"])
-        sampler.set_state(meta["sampler_rng"])
-        step, epoch, elapsed_before = meta["step"], meta["epoch"], meta["elapsed"]
-        best_loss, best_epoch, bad_epochs = meta["best_val_loss"], meta["best_epoch"], meta["bad_epochs"]
-        best_metrics, history = meta.get("best_metrics", {}), meta.get("history", [])
-
-    start = time.perf_counter() - elapsed_before
-    paused_for = 0.0
-
-    def elapsed() -> float:
-        return time.perf_counter() - start - paused_for
-
-    def wait_while_paused() -> None:
-        nonlocal paused_for
-        while pause is not None and pause():
-            if cancel is not None and cancel():
-                return
-            time.sleep(0.05)
-            paused_for += 0.05
-
-    def lr_at(s: int) -> float:
-        if lr_schedule == "constant":
-            return lr
-        frac = s / max(1, total_steps)
-        if max_seconds:
-            frac = max(frac, elapsed() / max_seconds)
-        return lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
-
-    def run_validation() -> TrainingProgress:
-        nonlocal best_loss, best_epoch, bad_epochs, best_state, best_metrics
-        net.eval()
-        if val_examples:
-            vloss, vmetrics, _ = validate(model, val_examples, loss_fn, dev, instances=validate_instances)
-        else:  # no validation data: track the training loss of the last epoch
-            recent = [h["loss"] for h in history[-steps_per_epoch:] if "loss" in h]
-            vloss, vmetrics = (float(np.mean(recent)) if recent else math.inf), {}
-        net.train()
-        improved = vloss < best_loss - 1e-5
-        if improved:
-            best_loss, best_epoch, bad_epochs = vloss, epoch, 0
-            best_state = copy.deepcopy(net.state_dict())
-            best_metrics = vmetrics
-        else:
-            bad_epochs += 1
-        record = {"epoch": epoch, "step": step, "val_loss": vloss, "elapsed": elapsed(), **{f"val_{k}": v for k, v in vmetrics.items()}}
-        history.append(record)
-        return TrainingProgress("validation", epoch, step, total_steps, elapsed(), val_loss=vloss,
-                                val_score=vmetrics.get("f1"), val_metrics=vmetrics, improved=improved)
-
+        loop.resume(resume)
     stopped = "epochs"
     try:
         if validate_first and resume is None:
-            yield run_validation()
-        net.train()
-        while epoch < epochs:
+            yield loop.validation()
+        loop.net.train()
+        while loop.epoch < epochs:
             for _ in range(steps_per_epoch):
-                wait_while_paused()
+                loop.wait_while_paused(pause, cancel)
                 if cancel is not None and cancel():
                     raise Cancelled()
-                if max_seconds is not None and elapsed() >= max_seconds:
+                if max_seconds is not None and loop.elapsed() >= max_seconds:
                     stopped = "time budget"
                     break
-                x, y, *weight = sampler.sample()
-                x = x.to(dev, non_blocking=True).contiguous(memory_format=torch.channels_last)
-                y = y.to(dev, non_blocking=True)
-                weight = weight[0].to(dev, non_blocking=True) if weight else None
-                current_lr = lr_at(step)
-                for group in optimizer.param_groups:
-                    group["lr"] = current_lr
-                loss = loss_fn(net(x), y, weight)
-                total = loss + regularizer(net) if regularizer is not None else loss
-                optimizer.zero_grad(set_to_none=True)
-                total.backward()
-                optimizer.step()
-                step += 1
-                loss_value = loss.item()
-                history.append({"step": step, "loss": loss_value, "lr": current_lr})
-                yield TrainingProgress("step", epoch, step, total_steps, elapsed(), loss=loss_value, lr=current_lr)
-            epoch += 1
-            yield run_validation()
+                yield loop.train_step()
+            loop.epoch += 1
+            yield loop.validation()
             if checkpoint is not None:
-                save_checkpoint(
-                    checkpoint, network=net, best_state=best_state, optimizer=optimizer,
-                    meta=dict(checkpoint_meta or {}, step=step, epoch=epoch, elapsed=elapsed(),
-                              best_val_loss=best_loss, best_epoch=best_epoch, bad_epochs=bad_epochs,
-                              best_metrics=best_metrics, history=history, sampler_rng=sampler.state()),
-                )
+                loop.save(checkpoint, checkpoint_meta)
             if stopped == "time budget":
                 break
-            if bad_epochs >= patience:
+            if loop.bad_epochs >= patience:
                 stopped = "early stopping"
                 break
-    except Cancelled:
-        net.load_state_dict(initial)
-        net.eval()
+    except BaseException:  # cancelled, interrupted or failed: the model is as it was given
+        loop.net.load_state_dict(loop.initial)
+        loop.net.eval()
         raise
-    except BaseException:
-        net.load_state_dict(initial)
-        net.eval()
-        raise
-    if keep == "last":
-        best_state, best_epoch = copy.deepcopy(net.state_dict()), epoch
-    net.load_state_dict(best_state)
-    net.eval()
-    result = TrainingResult(model, history, best_epoch, best_loss, best_metrics, stopped, elapsed(), step)
-    yield TrainingProgress("done", epoch, step, total_steps, elapsed(), val_loss=best_loss,
-                           val_score=best_metrics.get("f1"), val_metrics=best_metrics,
-                           message=f"stopped: {stopped}; best epoch {best_epoch}")
+    result = loop.finish(keep, stopped)
+    yield TrainingProgress("done", loop.epoch, loop.step, loop.total_steps, result.elapsed,
+                           val_loss=result.best_val_loss, val_score=result.val_metrics.get("f1"),
+                           val_metrics=result.val_metrics, message=f"stopped: {stopped}; best epoch {result.best_epoch}")
     return result
-
-
-def calibrate_and_score(model: SegmentationModel, val_ex: list[TrainingExample], loss_fn: nn.Module,
-                        device: torch.device, source: str) -> tuple[float, dict[str, float]]:
-    """Pick the card's thresholds on the validation images and record the validation metrics
-    (and, for a contour channel, the same metrics without it) in ``model.card.metrics``."""
-    card = model.card
-    card.test_time_augmentation = 1
-    _, _, probs = validate(model, val_ex, loss_fn, device)
-    if not card.instances:
-        # test-time augmentation (8 rotations / flips): kept only if it helps on validation
-        plain = mean_metrics([pixel_metrics(p[0] > card.default_threshold, ex.mask, prob=p[0], fov=ex.fov)
-                              for p, ex in zip(probs, val_ex)])
-        tta = [predict_tiled(ex.image, model, device=device, test_time_augmentation=8, scale=ex.scale)
-               for ex in val_ex]
-        augmented = mean_metrics([pixel_metrics(p[0] > card.default_threshold, ex.mask, prob=p[0], fov=ex.fov)
-                                  for p, ex in zip(tta, val_ex)])
-        if augmented["f1"] >= plain["f1"] and augmented.get("auc", 1) >= plain.get("auc", 1) and (
-                augmented["f1"] > plain["f1"] or augmented.get("auc", 0) > plain.get("auc", 0)):
-            card.test_time_augmentation, probs = 8, tta
-    if card.instances and any(ex.labels is not None for ex in val_ex):
-        card.default_threshold, card.contour_threshold = choose_instance_thresholds(model, val_ex, probs)
-    else:
-        card.default_threshold = choose_threshold(model, val_ex, probs)
-    vloss, vmetrics, _ = validate(model, val_ex, loss_fn, device, instances=card.instances, probabilities=probs)
-    card.metrics = {"validation": {"data": source, "ids": [ex.id for ex in val_ex], "loss": vloss,
-                                   "threshold": card.default_threshold, "contour_threshold": card.contour_threshold,
-                                   "test_time_augmentation": card.test_time_augmentation, **vmetrics}}
-    if card.has_contours and card.instances:
-        # what the contour channel gains: the same validation, instances split without it
-        from .evaluation import evaluate_examples
-
-        without, _ = evaluate_examples(val_ex, model, device=device, use_contours=False)
-        card.metrics["validation, contour channel ignored"] = {"data": source, **without}
-    return vloss, vmetrics
 
 
 def train(
