@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage as ndi
 from skimage.draw import disk
 
 from napari_minenet.data import InputError, TrainingExample
@@ -15,7 +17,7 @@ from napari_minenet.examples import ExampleStore
 from napari_minenet.finetuning import FinetuneConfig, finetune
 from napari_minenet.patches import PatchSampler
 from napari_minenet.simulated_user import simulate_corrections
-from napari_minenet.training import run_to_end
+from napari_minenet.training import resize_examples, run_to_end
 from napari_minenet.zoo import ModelCard, SegmentationModel, load_model, save_model, user_models_dir
 
 
@@ -84,6 +86,22 @@ def test_binary_corrections_are_the_edited_pieces_not_the_whole_vessel_tree():
     assert corr.mask().mean() < 0.2
     # as instance labels the tree would be one object that every edit touches
     assert find_corrections(before, after, margin=2).count == 1
+
+
+def test_resizing_a_binary_example_invents_no_edits():
+    # STARE images are resized to the vessels model's working size (584 px long side): the
+    # unedited "before" must stay equal to the mask there, or every vessel border becomes an edit
+    rng = np.random.default_rng(0)
+    mask = ndi.binary_dilation(rng.random((140, 170)) > 0.985, iterations=2)
+    image = rng.integers(0, 255, (140, 170, 3), dtype=np.uint8)
+    ex = TrainingExample("v", image, mask, None, None, "test", before=mask.astype(np.uint8))
+    (small,) = resize_examples([ex], 120)
+    assert small.mask.shape == (99, 120)
+    assert find_corrections(small.before, small.mask, objects=False).count == 0
+    edited = mask.copy()
+    edited[60:80, 60:80] = True
+    (small,) = resize_examples([dataclasses.replace(ex, mask=edited)], 120)
+    assert find_corrections(small.before, small.mask, objects=False).count == 1
 
 
 def test_correction_scores_count_fixed_broken_and_rest():

@@ -185,7 +185,14 @@ def resize_examples(examples: list[TrainingExample], long_side: int | None) -> l
         mask = rescale_image(ex.mask.astype(np.float32), s) > 0.5
         labels = None if ex.labels is None else rescale_image(ex.labels, s, labels=True)
         fov = None if ex.fov is None else rescale_image(ex.fov.astype(np.float32), s) > 0.5
-        before = None if ex.before is None else rescale_image(ex.before, s, labels=True)
+        # "before" is resized exactly like what it is compared with (labels or mask), so pixels
+        # the user did not change stay unchanged at the working size
+        if ex.before is None:
+            before = None
+        elif ex.labels is not None:
+            before = rescale_image(ex.before, s, labels=True)
+        else:
+            before = (rescale_image((ex.before > 0).astype(np.float32), s) > 0.5).astype(ex.before.dtype)
         out.append(TrainingExample(ex.id, rescale_image(ex.image, s), mask, labels, fov, ex.source, scale=1.0,
                                    before=before))
     return out
