@@ -47,9 +47,13 @@ def group_of(ident: str, group_by: str) -> str:
     return match.group(1) if match else ident
 
 
-def corrected_example(ex: TrainingExample, model, k: int) -> tuple[TrainingExample, list[str], float]:
-    """The example the widget would store after a person made k corrections on ``ex``."""
+def corrected_example(ex: TrainingExample, model, k: int, full: bool = False) -> tuple[TrainingExample, list[str], float]:
+    """The example the widget would store after a person made k corrections on ``ex``;
+    with ``full`` the whole ground truth, without a "before" (a fully labelled example, as
+    ``napari-minenet finetune --data`` reads from a folder)."""
     t0 = time.perf_counter()
+    if full:
+        return dataclasses.replace(ex, before=None), ["full"], time.perf_counter() - t0
     result = segment(ex.image, model, scale=ex.scale)
     truth = ex.labels if (ex.labels is not None and result.instances) else ex.mask.astype(np.uint32)
     corrected, kinds = simulate_corrections(result.labels, truth, k, prob=result.probability,
@@ -94,6 +98,8 @@ def main() -> None:
     ap.add_argument("--max-seconds", type=float, default=None, help="fine-tuning budget (default: the widget's)")
     ap.add_argument("--max-eval", type=int, default=0, help="score at most this many other images (0: all)")
     ap.add_argument("--config", default="{}", help="JSON of FinetuneConfig fields to override (experiments)")
+    ap.add_argument("--full-labels", action="store_true",
+                    help="fine-tune on the chosen images' full ground truth instead of k corrections")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
@@ -116,7 +122,7 @@ def main() -> None:
                 parent_scores[key] = evaluate_examples(rest, parent)[0]
             before = parent_scores[key]
             for k in args.k:
-                made = [corrected_example(ex, parent, k) for ex in chosen]
+                made = [corrected_example(ex, parent, k, args.full_labels) for ex in chosen]
                 edited = [m[0] for m in made]
                 kinds = [kind for m in made for kind in m[1]]
                 t0 = time.perf_counter()
@@ -140,7 +146,8 @@ def main() -> None:
                       f"{'KEPT' if result.accepted else 'not kept'}; F1 {before['f1']:.4f} -> {after['f1']:.4f}"
                       + (f", AJI {before['aji']:.4f} -> {after['aji']:.4f}" if "aji" in before else "")
                       + _judge_line(result.corrections) + f"  | {result.reason}", flush=True)
-    summary = {"model": args.model, "data": args.data, "config": dataclasses.asdict(cfg), "runs": rows}
+    summary = {"model": args.model, "data": args.data, "full_labels": args.full_labels,
+               "config": dataclasses.asdict(cfg), "runs": rows}
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(summary, indent=1))
