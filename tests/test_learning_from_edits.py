@@ -348,3 +348,29 @@ def test_changed_objects_counts_new_removed_and_reshaped():
     after[grown] = 2  # reshaped
     assert changed_objects(before, after) == 3  # the reshaped one counts once
     assert changed_objects(before > 0, after > 0, instances=False) == int(((before > 0) != (after > 0)).sum())
+
+
+def test_simulated_user_benchmark_runs_end_to_end(blob_dataset, tiny_model_path, tmp_path):
+    """benchmarks/simulated_user.py: segment, correct, fine-tune, score the other images."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "simulated_user.py"
+    out = tmp_path / "sim.json"
+    proc = subprocess.run(
+        [sys.executable, str(script), "--data", str(blob_dataset), "--model", str(tiny_model_path), "--k", "3",
+         "--images", "1", "--seeds", "0", "--group-by", "image", "--config", '{"max_steps": 4, "batch_size": 2, '
+         '"patch_size": 64}', "--max-seconds", "60", "--threads", "1", "--json", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+    (run,) = report["runs"]
+    assert run["k"] == 3 and run["corrections"] == 3 and run["eval_images"] == 5
+    assert run["steps"] >= 1 and isinstance(run["accepted"], bool) and run["reason"]
+    assert run["judged"]["held_out"] >= 1
+    for key in ("f1_before", "f1_candidate", "f1_kept", "aji_before"):
+        assert 0.0 <= run[key] <= 1.0
+    assert run["f1_kept"] == (run["f1_candidate"] if run["accepted"] else run["f1_before"])
+    assert "seed 0 n 1 k   3" in proc.stdout
