@@ -226,3 +226,75 @@ def test_summarize():
     assert summarize(labels > 0, "vessels", instances=False) == "30.0% of the image is vessels"
     assert summarize(np.zeros((4, 4), np.uint32), "nuclei") == "0 nuclei found"
     assert summarize(np.zeros((0, 0), np.uint32)) == "nothing segmented"
+
+
+# --------------------------------------------------------------------------- many objects per call
+
+
+def _blobs(seed, shape=(160, 200), n=40):
+    """Random overlapping discs of random radii: touching clumps, single objects, holes."""
+    rng = np.random.default_rng(seed)
+    prob = np.zeros(shape, np.float32)
+    for _ in range(n):
+        c = rng.integers(0, shape[0]), rng.integers(0, shape[1])
+        prob[disk(c, int(rng.integers(3, 13)), shape=shape)] = 1.0
+    return prob
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_dynamic_maxima_equal_skimage_h_maxima_object_by_object(seed):
+    from scipy import ndimage as ndi
+    from skimage.morphology import h_maxima
+
+    from napari_minenet.postprocess import _dynamic_maxima
+
+    mask = _blobs(seed) > 0.5
+    dist = ndi.distance_transform_edt(mask)
+    f = ndi.gaussian_filter(dist, 1.0) * mask
+    cc, n = ndi.label(mask)
+    got = _dynamic_maxima(f, 2.0)
+    expected = np.zeros_like(got)
+    for index, sl in enumerate(ndi.find_objects(cc), start=1):
+        sl = tuple(slice(max(0, s.start - 1), s.stop + 1) for s in sl)
+        crop = np.where(cc[sl] == index, f[sl], 0.0)
+        expected[sl] |= h_maxima(crop, 2.0).astype(bool) & (cc[sl] == index)
+    assert n > 5 and expected.any()
+    np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("use_contour", [False, True])
+def test_split_is_the_same_whatever_the_atlas_size(monkeypatch, use_contour):
+    import napari_minenet.postprocess as pp
+
+    prob = _blobs(7, (240, 260), 80)
+    contour = None
+    if use_contour:
+        from scipy import ndimage as ndi
+
+        contour = (ndi.morphological_gradient(prob, size=3) > 0).astype(np.float32) * 0.9
+    one = labels_from_probability(prob, contour=contour, instances=True, fill_holes=True, min_size=5)
+    monkeypatch.setattr(pp, "_ATLAS_PIXELS", 2000)  # many small atlases instead of one
+    many = labels_from_probability(prob, contour=contour, instances=True, fill_holes=True, min_size=5)
+    assert one.max() > 10
+    np.testing.assert_array_equal(one, many)
+
+
+def test_many_touching_pairs_each_split_in_two():
+    pairs = [(30 + 60 * i, 30 + 70 * j) for i in range(5) for j in range(6)]
+    centres = [c for y, x in pairs for c in ((y, x - 12), (y, x + 12))]
+    prob = _discs((300, 420), centres, 14)
+    labels = labels_from_probability(prob, instances=True)
+    assert labels.max() == 2 * len(pairs)
+    for (ya, xa), (yb, xb) in zip(centres[::2], centres[1::2]):
+        assert labels[ya, xa] != labels[yb, xb]
+    assert ((labels > 0) == (prob > 0.5)).all()
+
+
+def test_a_hole_is_filled_with_its_own_object_only():
+    prob = _discs((80, 80), [(40, 40)], 30)
+    prob[disk((40, 40), 12)] = 0  # a ring ...
+    prob[disk((40, 40), 4)] = 1  # ... around a small separate object in its hole
+    labels = labels_from_probability(prob, instances=True, fill_holes=True)
+    ring, inner = labels[40, 15], labels[40, 40]
+    assert ring > 0 and inner > 0 and ring != inner
+    assert labels[40, 30] == ring  # the hole between them belongs to the ring

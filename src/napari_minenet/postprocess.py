@@ -7,12 +7,17 @@ Instances: connected components of the thresholded foreground are split where th
 network sees several objects. Seeds are the h-maxima of the distance transform of each
 object's interior (h-maxima, so shallow necks do not over-split); with a contour channel
 the interior excludes the predicted contours (foreground - contour > contour threshold),
-which separates touching nuclei a binary mask cannot. Each component is split on its own crop, in place in
-the output array, so memory is the output plus one crop, time scales with the objects,
-and components with a single seed are left untouched.
+which separates touching nuclei a binary mask cannot. Each component is split on its own crop
+(as if alone), but the crops of many components are packed into one array (an atlas) so
+that every step is one call over thousands of objects instead of one Python call per
+object; the dynamics of the maxima (which maxima are h-maxima) come from one watershed and
+a union-find over maxima. Memory is the output plus one atlas (at most ~4 Mpx), and
+components with a single seed are left untouched.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -82,15 +87,209 @@ def _renumber(labels: np.ndarray, min_size: int) -> np.ndarray:
     return _apply_lut(labels, lut)
 
 
-def _seeds_from_distance(region: np.ndarray, obj: np.ndarray, h: float) -> tuple[np.ndarray, np.ndarray]:
-    """Seeds at the h-maxima of the (smoothed) distance transform of ``region``, inside
-    ``obj``; returns (seeds, elevation for the watershed)."""
-    from skimage.morphology import h_maxima
+#: zero pixels between two crops in an atlas: more than the 4-pixel radius of the Gaussian
+#: (sigma 1, truncated at 4 sigma) together with each crop's own 1-pixel margin
+_GAP = 2
+#: pixels per atlas (bounds the float64 distance maps to ~32 MiB each, whatever the image size)
+_ATLAS_PIXELS = 1 << 22
 
+
+def _pack(shapes: list[tuple[int, int]], width: int) -> tuple[list[tuple[int, int]], tuple[int, int]]:
+    """Shelf packing: (y, x) of every (h, w) box in one array of ``width`` columns, with
+    :data:`_GAP` zero pixels around each box; returns (positions, atlas shape)."""
+    order = sorted(range(len(shapes)), key=lambda i: -shapes[i][0])
+    pos: list[tuple[int, int]] = [(0, 0)] * len(shapes)
+    x = y = _GAP
+    shelf = 0
+    for i in order:
+        h, w = shapes[i]
+        if x + w + _GAP > width and x > _GAP:
+            y, x, shelf = y + shelf + _GAP, _GAP, 0
+        pos[i] = (y, x)
+        x += w + _GAP
+        shelf = max(shelf, h)
+    return pos, (y + shelf + _GAP, width)
+
+
+def _atlas(shapes: list[tuple[int, int]]) -> tuple[list[tuple[int, int]], tuple[int, int]]:
+    """Positions and shape of a roughly square atlas holding boxes of these shapes."""
+    area = sum((hh + _GAP) * (ww + _GAP) for hh, ww in shapes)
+    width = max(max(ww for _, ww in shapes) + 2 * _GAP, int(math.sqrt(area) * 1.1) + 2 * _GAP)
+    return _pack(shapes, width)
+
+
+def _repack(arrays: list[np.ndarray], pos: list[tuple[int, int]], shapes: list[tuple[int, int]],
+            keep: list[int]) -> tuple[list[np.ndarray], list[tuple[int, int]]]:
+    """The boxes ``keep`` (indices into ``pos`` / ``shapes``) of every array, packed into a
+    smaller atlas (most of scikit-image's watershed costs the whole array, not the mask)."""
+    sub_shapes = [shapes[i] for i in keep]
+    sub_pos, shape = _atlas(sub_shapes)
+    out = [np.zeros(shape, a.dtype) for a in arrays]
+    for i, (y, x) in zip(keep, sub_pos):
+        (y0, x0), (hh, ww) = pos[i], shapes[i]
+        for src, dst in zip(arrays, out):
+            dst[y:y + hh, x:x + ww] = src[y0:y0 + hh, x0:x0 + ww]
+    return out, sub_pos
+
+
+def _dynamic_maxima(f: np.ndarray, h: float) -> np.ndarray:
+    """``skimage.morphology.h_maxima(f, h)`` of every object of ``f`` on its own (objects are
+    the parts of ``f > 0``, kept apart by zeros), all at once.
+
+    A regional maximum of height p is an h-maximum when no higher maximum of its object can
+    be reached along a path that stays above p - h (its dynamic is >= h); a maximum below h
+    never is one (h_maxima of one object's crop, whose minimum is 0). Dynamics come from
+    the basins of a watershed flooded from every regional maximum and the highest pass
+    between adjacent basins, merged in decreasing pass order (union-find over maxima, not
+    pixels).
+    """
+    from skimage.segmentation import watershed
+
+    positive = f > 0
+    plateaus, n = ndi.label((f == ndi.maximum_filter(f, 3)) & positive, structure=np.ones((3, 3), bool))
+    flat = plateaus.ravel()
+    nz = np.flatnonzero(flat)
+    peak = np.zeros(n + 1)
+    peak[flat[nz]] = f.ravel()[nz]
+    basins = watershed(-f, plateaus, mask=positive, connectivity=2)
+    a_parts, b_parts, s_parts = [], [], []
+    rows, cols = f.shape
+    for dy, dx in ((0, 1), (1, 0), (1, 1), (1, -1)):  # every 8-neighbour pair once
+        src = (slice(0, rows - dy), slice(max(0, -dx), cols - max(0, dx)))
+        dst = (slice(dy, rows), slice(max(0, dx), cols + min(0, dx)))
+        b1, b2 = basins[src], basins[dst]
+        m = (b1 != b2) & (b1 > 0) & (b2 > 0)
+        if m.any():
+            a_parts.append(b1[m])
+            b_parts.append(b2[m])
+            s_parts.append(np.minimum(f[src][m], f[dst][m]))
+    alive = (peak >= h).tolist()
+    alive[0] = False
+    if a_parts:
+        a = np.concatenate(a_parts).astype(np.int64)
+        b = np.concatenate(b_parts).astype(np.int64)
+        s = np.concatenate(s_parts)
+        key = np.minimum(a, b) * (n + 1) + np.maximum(a, b)
+        order = np.lexsort((-s, key))  # per pair of basins, its highest pass first
+        key, s = key[order], s[order]
+        first = np.r_[True, key[1:] != key[:-1]]
+        key, s = key[first], s[first]
+        order = np.argsort(-s, kind="stable")
+        ea, eb, es = (key // (n + 1))[order].tolist(), (key % (n + 1))[order].tolist(), s[order].tolist()
+        parent = list(range(n + 1))
+        height = peak.tolist()
+        pending = [[i] for i in range(n + 1)]  # maxima at the top of each component, fate undecided
+
+        def find(x: int) -> int:
+            while parent[x] != x:
+                parent[x] = parent[parent[x]]
+                x = parent[x]
+            return x
+
+        for u, v, level in zip(ea, eb, es):
+            ru, rv = find(u), find(v)
+            if ru == rv:
+                continue
+            if height[ru] < height[rv]:
+                ru, rv = rv, ru
+            if height[rv] < height[ru]:  # rv's maxima meet a higher one here: their dynamic is now known
+                if height[rv] - level < h:
+                    for m in pending[rv]:
+                        alive[m] = False
+            else:  # equal heights: both stay candidates (as in h_maxima)
+                pending[ru].extend(pending[rv])
+            pending[rv] = []
+            parent[rv] = ru
+    return np.asarray(alive, bool)[plateaus]
+
+
+def _per_object(values: np.ndarray, owner: np.ndarray, n: int) -> np.ndarray:
+    """How many labelled parts of ``values`` (a label image) each object of ``owner`` holds,
+    and which object each part belongs to: (counts by object id, object id by part)."""
+    flat = values.ravel()
+    nz = np.flatnonzero(flat)
+    part_owner = np.zeros(int(flat.max(initial=0)) + 1, np.int64)
+    part_owner[flat[nz]] = owner.ravel()[nz]
+    return np.bincount(part_owner[1:], minlength=n + 1), part_owner
+
+
+def _split_atlas(labels: np.ndarray, boxes: list[tuple[int, tuple[slice, slice]]], contour, probability,
+                 contour_threshold: float, h: float, fill_holes: bool, seedable: np.ndarray, next_id: int) -> int:
+    """Split the objects ``boxes`` (id, crop) of ``labels`` in place, many at a time: their
+    crops are packed into one array (an atlas), so every step (holes, distance transform,
+    seeds, watershed) is one call for all of them; the steps that need only a few objects
+    (dynamics of their maxima, the watershed) run on a smaller atlas of just those. Only
+    objects marked in ``seedable`` (by id) get seeds. Returns the next free id."""
+    from skimage.segmentation import watershed
+
+    n = len(seedable) - 1
+    shapes = [(sl[0].stop - sl[0].start, sl[1].stop - sl[1].start) for _, sl in boxes]
+    pos, shape = _atlas(shapes)
+    crop = np.zeros(shape, labels.dtype)
+    owner = np.zeros(shape, np.uint32)
+    inner = np.zeros(shape, bool) if contour is not None else None
+    for (index, sl), (y, x), (hh, ww) in zip(boxes, pos, shapes):
+        at = (slice(y, y + hh), slice(x, x + ww))
+        crop[at] = labels[sl]
+        owner[at] = index
+        if inner is not None:
+            inner[at] = (probability[sl] - contour[sl]) > contour_threshold
+    obj = (crop == owner) & (owner > 0)
+    holes = None
+    if fill_holes:  # per object: only its own enclosed background (the gaps keep objects apart)
+        holes = ndi.binary_fill_holes(obj) & (crop == 0)
+        obj |= holes
+    del crop
+    region = obj & inner if inner is not None else obj
+    del inner
+    region &= seedable[owner]
     dist = ndi.distance_transform_edt(region)
-    smooth = ndi.gaussian_filter(dist, 1.0) * region
-    seeds, _ = ndi.label(h_maxima(smooth, h) & obj)
-    return seeds, -dist
+    smooth = ndi.gaussian_filter(dist, 1.0)
+    smooth *= region
+    del region
+    # an object with at most one (4-connected) plateau of regional maxima >= h has at most one seed:
+    # only the others need the dynamics of their maxima
+    high, _ = ndi.label((smooth == ndi.maximum_filter(smooth, 3)) & (smooth >= h))
+    several = _per_object(high, owner, n)[0] >= 2
+    del high
+    several[0] = False
+    chosen = [i for i, (index, _) in enumerate(boxes) if several[index]]
+    multi = np.zeros(n + 1, bool)
+    if chosen:
+        (f, d, o, w), sub_pos = _repack([smooth, dist, obj, owner], pos, shapes, chosen)
+        seeds, _ = ndi.label(_dynamic_maxima(f, h) & o)  # 4-connected seeds, as ndi.label(h_maxima(...))
+        count, seed_owner = _per_object(seeds, w, n)
+        multi = count >= 2
+        multi[0] = False
+        split_boxes = [k for k, i in enumerate(chosen) if multi[boxes[i][0]]]
+        if split_boxes:
+            # the first seed of an object (raster order of its crop) keeps the object's id, the others get new ones
+            n_seeds = len(seed_owner) - 1
+            ids = np.arange(1, n_seeds + 1)
+            so = seed_owner[1:]
+            order = np.lexsort((ids, so))
+            so_sorted = so[order]
+            extra = np.r_[False, so_sorted[1:] == so_sorted[:-1]] & multi[so_sorted]
+            new_id = np.zeros(n_seeds + 1, np.int64)
+            new_id[ids[order]] = so_sorted
+            new_id[ids[order][extra]] = next_id - 1 + np.cumsum(extra)[extra]
+            next_id += int(extra.sum())
+            sub_shapes = [shapes[i] for i in chosen]
+            (d, o, seeds), fin_pos = _repack([d, o & multi[w], seeds], sub_pos, sub_shapes, split_boxes)
+            split = watershed(-d, np.where(o, seeds, 0), mask=o)
+            for k, (y, x) in zip(split_boxes, fin_pos):
+                index, sl = boxes[chosen[k]]
+                hh, ww = shapes[chosen[k]]
+                mine = o[y:y + hh, x:x + ww]
+                parts = split[y:y + hh, x:x + ww][mine]
+                labels[sl][mine] = np.where(parts > 0, new_id[parts], index)  # (no seed reached: keeps the id)
+    if holes is not None:
+        for (index, sl), (y, x), (hh, ww) in zip(boxes, pos, shapes):
+            if not multi[index]:
+                filled = holes[y:y + hh, x:x + ww]
+                if filled.any():
+                    labels[sl][filled] = index
+    return next_id
 
 
 def split_instances(
@@ -105,54 +304,46 @@ def split_instances(
 ) -> np.ndarray:
     """Split a boolean foreground into instances; uint32 labels 1..N (0 = background).
 
-    Seeds are the h-maxima of the distance transform of the object's interior: with a
-    contour map (and the foreground ``probability``), the interior is where
-    ``probability - contour > contour_threshold``, so touching objects separated by a
-    predicted contour get their own seeds; without one it is the whole object.
+    Seeds are the h-maxima of the (Gaussian-smoothed) distance transform of each object's
+    interior: with a contour map (and the foreground ``probability``), the interior is
+    where ``probability - contour > contour_threshold``, so touching objects separated by a
+    predicted contour get their own seeds; without one it is the whole object. An object
+    with two or more seeds is split by a watershed of its distance transform.
 
-    Works in place in the output array: connected components are labelled once, then only
-    components big enough to hold two objects are examined on their own crop (holes
-    filled there when ``fill_holes``), so memory stays at the output plus one crop.
-    Objects smaller than ``min_size`` pixels are removed.
+    Connected components are labelled once; components big enough to hold two objects
+    (>= 16 px and >= ``min_size``; without contours, seeds only from 30 px) are examined, each on
+    its own crop (holes filled there when ``fill_holes``), but many crops at a time: they
+    are packed into one array (an atlas of at most ~4 Mpx) and every step is one call over
+    it. Memory is the output plus one atlas. Objects smaller than ``min_size`` pixels are
+    removed.
     """
-    from skimage.segmentation import watershed
-
     labels = np.zeros(mask.shape, np.uint32)
     n = int(ndi.label(mask, output=labels))
     if n == 0:
         return labels
     min_keep = max(1, int(min_size))
+    min_area = max(min_keep, 2 * 8)
     sizes = _area_counts(labels, n)
-    next_id = n + 1
+    # without contours, an object needs 30 px for the distance transform alone to split it (its holes are
+    # still filled from 16 px)
+    seedable = np.ones(n + 1, bool) if contour is not None else sizes >= 30
+    boxes, batch, batch_area = [], [], 0
     for index, sl in enumerate(ndi.find_objects(labels), start=1):
-        area = int(sizes[index])
-        if sl is None or area < max(min_keep, 2 * 8):
+        if sl is None or sizes[index] < min_area:
             continue  # too small to hold two objects; tiny ones are removed at the end
         sl = tuple(slice(max(0, s.start - 1), min(dim, s.stop + 1)) for s, dim in zip(sl, mask.shape))
-        region = labels[sl]
-        obj = region == index
-        if fill_holes:
-            holes = ndi.binary_fill_holes(obj) & (region == 0)
-            if holes.any():
-                region[holes] = index
-                obj |= holes
-        if contour is not None:
-            interior = obj & ((probability[sl] - contour[sl]) > contour_threshold)
-            seeds, elevation = _seeds_from_distance(interior, obj, h)
-        elif area >= 30:
-            seeds, elevation = _seeds_from_distance(obj, obj, h)
-        else:
-            continue
-        ns = int(seeds.max())
-        if ns <= 1:
-            continue
-        split = watershed(elevation, seeds, mask=obj)
-        if (obj & (split == 0)).any():  # pixels no seed reached go to the nearest seed
-            _, (iy, ix) = ndi.distance_transform_edt(split == 0, return_indices=True)
-            split = np.where(obj, split[iy, ix], 0)
-        parts = split[obj].astype(np.uint32)
-        region[obj] = np.where(parts == 1, index, parts - 2 + next_id)  # the first part keeps the id
-        next_id += ns - 1
+        a = (sl[0].stop - sl[0].start + _GAP) * (sl[1].stop - sl[1].start + _GAP)
+        if batch and batch_area + a > _ATLAS_PIXELS:
+            boxes.append(batch)
+            batch, batch_area = [], 0
+        batch.append((index, sl))
+        batch_area += a
+    if batch:
+        boxes.append(batch)
+    next_id = n + 1
+    for batch in boxes:
+        next_id = _split_atlas(labels, batch, contour, probability, contour_threshold, h, fill_holes, seedable,
+                               next_id)
     return _renumber(labels, min_keep)
 
 
