@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from .data import InputError
+from .pixel_size import checked_pixel_size, ome_zarr_pixel_size, tiff_pixel_size
 
 __all__ = ["Slide", "open_slide", "slide_from_levels", "is_slide_path", "looks_like_slide", "SLIDE_SUFFIXES",
            "SLIDE_MIN_PIXELS", "tissue_mask", "tissue_pixels", "glass_pixels", "TissueMask", "thumbnail"]
@@ -31,8 +31,6 @@ __all__ = ["Slide", "open_slide", "slide_from_levels", "is_slide_path", "looks_l
 SLIDE_SUFFIXES = (".svs", ".ndpi", ".tif", ".tiff", ".ome.tif", ".ome.tiff", ".zarr", ".scn", ".bif")
 #: a single-level image with more pixels than this is treated as a slide (blocks, not ``segment``)
 SLIDE_MIN_PIXELS = 64_000_000
-#: plausible pixel sizes in micrometres (outside: a meaningless default such as 72 dpi)
-_MPP_RANGE = (0.02, 50.0)
 
 
 @dataclass
@@ -149,12 +147,7 @@ def open_slide(path: str | Path) -> Slide:
     return _open_tiff(p)
 
 
-def _checked_mpp(mpp) -> float | None:
-    try:
-        value = float(mpp)
-    except (TypeError, ValueError):
-        return None
-    return value if _MPP_RANGE[0] <= value <= _MPP_RANGE[1] else None
+_checked_mpp = checked_pixel_size  # one definition of a plausible pixel size (pixel_size.py)
 
 
 def _stem(p: Path) -> str:
@@ -184,7 +177,7 @@ def _open_tiff(p: Path) -> Slide:
             levels = [opened]
         else:
             levels = [opened[str(i)] for i in range(len(series.levels))]
-        mpp = _tiff_mpp(tif)
+        mpp = tiff_pixel_size(tif)
     except BaseException:
         tif.close()
         raise
@@ -192,26 +185,6 @@ def _open_tiff(p: Path) -> Slide:
     slide = slide_from_levels(levels, mpp, _stem(p), p)
     slide.metadata, slide._handle = meta, tif
     return slide
-
-
-def _tiff_mpp(tif) -> float | None:
-    page = tif.pages.first if hasattr(tif.pages, "first") else tif.pages[0]
-    if tif.is_svs:
-        match = re.search(r"MPP\s*=\s*([0-9.eE+-]+)", page.description or "")
-        if match:
-            return _checked_mpp(match.group(1))
-    if tif.is_ome and tif.ome_metadata:
-        match = re.search(r'PhysicalSizeX="([0-9.eE+-]+)"', tif.ome_metadata)
-        unit = re.search(r'PhysicalSizeXUnit="([^"]+)"', tif.ome_metadata)
-        if match:
-            factor = {"nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6}.get(unit.group(1) if unit else "µm", 1.0)
-            return _checked_mpp(float(match.group(1)) * factor)
-    unit = page.tags.valueof(296, default=2)
-    if int(unit) in (3, 4, 5) and 282 in page.tags:  # centimetre, millimetre, micrometre
-        x_per_um = page.get_resolution("micrometer")[0]
-        if x_per_um > 0:
-            return _checked_mpp(1.0 / x_per_um)
-    return None
 
 
 def _open_zarr(p: Path) -> Slide:
@@ -244,16 +217,7 @@ def _open_zarr(p: Path) -> Slide:
         if d.ndim == 3 and d.shape[-1] == 1:
             d = d[..., 0]
         levels.append(d)
-    mpp = None
-    transforms = ms["datasets"][0].get("coordinateTransformations", [])
-    axes = ms.get("axes", [])
-    for t in transforms:
-        if t.get("type") == "scale" and "x" in names:
-            unit = axes[names.index("x")].get("unit") if axes and isinstance(axes[0], dict) else None
-            factor = {"micrometer": 1.0, "nanometer": 1e-3, "millimeter": 1e3}.get(unit)
-            if factor is not None:
-                mpp = t["scale"][names.index("x")] * factor
-    return slide_from_levels(levels, mpp, _stem(p), p)
+    return slide_from_levels(levels, ome_zarr_pixel_size(ms), _stem(p), p)
 
 
 # --------------------------------------------------------------------------- tissue
