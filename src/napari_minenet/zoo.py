@@ -45,6 +45,7 @@ import torch
 
 from .data import MAX_TILE_SIZE, MAX_WORKING_LONG_SIDE, MIN_SIDE, _card_statistics
 from .files import atomic_write, atomic_write_bytes, atomic_write_json, remove_stale_temp_files
+from .pixel_size import PIXEL_SIZE_RANGE
 
 __all__ = [
     "ModelCard",
@@ -140,6 +141,15 @@ class ModelCard:
     tile_overlap: int = 128
     #: average the prediction over this many rotations / flips (1 = off; 8 = all)
     test_time_augmentation: int = 1
+    #: micrometres per pixel of the training images (None: unknown or not meaningful, e.g.
+    #: fundus photographs); images with a known pixel size are resampled to it
+    pixel_size_um: float | None = None
+    #: typical (median) object diameter in pixels at the training resolution (None: the
+    #: objects have no typical size, e.g. vessels); used by the automatic size estimate
+    object_diameter_px: float | None = None
+    #: the automatic size estimate's reference: 6 x the mean distance to the background over
+    #: the training labels' foreground (the diameter of round objects; None: use the diameter)
+    object_width_px: float | None = None
     parent: str | None = None
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -261,6 +271,13 @@ def validate_card(card: ModelCard) -> ModelCard:
         raise bad("tile_overlap", "an integer >= 0 and smaller than tile_size")
     if not (_is_int(card.test_time_augmentation) and card.test_time_augmentation in (1, 2, 4, 8)):
         raise bad("test_time_augmentation", "1, 2, 4 or 8")
+    lo, hi = PIXEL_SIZE_RANGE
+    if card.pixel_size_um is not None and not (_is_real(card.pixel_size_um) and lo <= card.pixel_size_um <= hi):
+        raise bad("pixel_size_um", f"null or a number of micrometres per pixel from {lo:g} to {hi:g}")
+    for key in ("object_diameter_px", "object_width_px"):
+        value = getattr(card, key)
+        if value is not None and not (_is_real(value) and 2.0 <= value <= MAX_TILE_SIZE):
+            raise bad(key, f"null or a number of pixels from 2 to {MAX_TILE_SIZE}")
     if card.parent is not None and not isinstance(card.parent, str):
         raise bad("parent", "null or a string")
     for key in ("training", "metrics"):
