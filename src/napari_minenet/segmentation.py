@@ -30,7 +30,12 @@ class SegmentationResult:
     card: ModelCard
     threshold: float
     instances: bool
-    min_size: int
+    min_size: int  # pixels of the image
+    pixel_size: float | None = None  # um per pixel of the image, when known
+    scale: float = 1.0  # the image was resampled by this for the network
+    #: (probability, contour, min size) on the model's grid when post-processing runs there
+    work: tuple[np.ndarray, np.ndarray | None, int] | None = None
+    size_note: str = ""  # what the automatic size estimate found
 
     @property
     def count(self) -> int:
@@ -45,6 +50,14 @@ class SegmentationResult:
             self.min_size = int(min_size)
         if instances is not None:
             self.instances = bool(instances)
+        if self.work is not None:  # post-processing on the model's grid, labels mapped back
+            from .auto_size import labels_to_shape
+
+            if min_size is not None:
+                self.work = (self.work[0], self.work[1], round(self.min_size * self.scale ** 2))
+            work = labels_for(self.work[0], self.work[1], self.card, self.threshold, self.instances, self.work[2])
+            self.labels = labels_to_shape(work, self.labels.shape)
+            return self.labels
         self.labels = labels_for(self.probability, self.contour, self.card, self.threshold, self.instances,
                                  self.min_size)
         return self.labels
@@ -79,6 +92,7 @@ def segment(
     precision: str = "fp32",
     test_time_augmentation: int | None = None,
     scale: float | None = None,
+    pixel_size: float | str | None = None,
     use_contours: bool = True,
     progress: ProgressCallback | None = None,
     cancel: CancelCheck | None = None,
@@ -90,9 +104,36 @@ def segment(
     ``use_contours=False`` ignores a contour channel and splits instances by the distance
     transform alone (to measure what the contour channel gains). Images larger than
     ``LARGE_IMAGE_PIXELS`` keep their probabilities as float16 to bound memory.
+
+    ``pixel_size`` (um per pixel of the image): the image is resampled to the card's
+    ``pixel_size_um`` and the results mapped back (see :mod:`napari_minenet.auto_size`);
+    ``"auto"`` estimates the size from a first pass when the card has a typical object
+    size; ``None`` (default) runs at the image's own scale. ``scale`` (a resample factor)
+    wins over both. Measurements use the pixel size (``result.pixel_size``). Models with a
+    pixel size or a typical object size are post-processed on their own grid, so
+    ``min_size`` (pixels of the image) is converted to it.
     """
+    from .auto_size import estimate_and_segment, plan_scale, post_processes_at_model_scale
+
     model = load_model(model) if not isinstance(model, SegmentationModel) else model
     card = model.card
+    scale, pixel_size, auto = plan_scale(card, pixel_size, scale)
+    if auto:
+        def run(data, factor):
+            return segment(data, model, instances=instances, threshold=threshold, min_size=min_size, device=device,
+                           tile_size=tile_size, overlap=overlap, batch_size=batch_size, precision=precision,
+                           test_time_augmentation=test_time_augmentation, scale=factor, use_contours=use_contours,
+                           progress=progress, cancel=cancel)
+
+        result, estimate = estimate_and_segment(image, card, run)
+        result.pixel_size, result.size_note = pixel_size, estimate.describe()
+        return result
+    if scale is not None and abs(scale - 1.0) >= 1e-3 and post_processes_at_model_scale(card):
+        return _segment_on_model_grid(image, model, scale, pixel_size, instances=instances, threshold=threshold,
+                                      min_size=min_size, use_contours=use_contours, device=device,
+                                      tile_size=tile_size, overlap=overlap, batch_size=batch_size,
+                                      precision=precision, test_time_augmentation=test_time_augmentation,
+                                      progress=progress, cancel=cancel)
     # (predict_tiled validates the image; guard here only so a 1-D array reaches its message)
     large = np.ndim(image) >= 2 and image.shape[0] * image.shape[1] > LARGE_IMAGE_PIXELS
     probs = predict_tiled(image, model, device=device, out_dtype=np.float16 if large else np.float32,
@@ -104,7 +145,31 @@ def segment(
     min_size = card.min_size if min_size is None else int(min_size)
     contour = probs[1] if card.has_contours and use_contours else None
     labels = labels_for(probs[0], contour, card, threshold, instances, min_size)
-    return SegmentationResult(labels, probs[0], contour, card, threshold, instances, min_size)
+    return SegmentationResult(labels, probs[0], contour, card, threshold, instances, min_size, pixel_size,
+                              1.0 if scale is None else float(scale))
+
+
+def _segment_on_model_grid(image, model: SegmentationModel, scale: float, pixel_size: float | None, *,
+                           instances, threshold, min_size, use_contours, **predict_options) -> SegmentationResult:
+    """``segment`` for a resampled image whose model works at a physical scale: the network
+    and the post-processing run on the model's grid (``image`` resized by ``scale``), the
+    labels come back nearest-neighbour, the probabilities bilinearly."""
+    from .auto_size import labels_to_shape, probabilities_to_shape
+    from .data import rescale_image
+
+    card = model.card
+    image = check_image(image)
+    work = rescale_image(image, scale)
+    large = work.shape[0] * work.shape[1] > LARGE_IMAGE_PIXELS
+    probs = predict_tiled(work, model, out_dtype=np.float16 if large else np.float32, scale=1.0, **predict_options)
+    instances = card.instances if instances is None else bool(instances)
+    threshold = card.default_threshold if threshold is None else float(threshold)
+    work_min = card.min_size if min_size is None else round(int(min_size) * scale ** 2)
+    contour = probs[1] if card.has_contours and use_contours else None
+    labels = labels_to_shape(labels_for(probs[0], contour, card, threshold, instances, work_min), image.shape[:2])
+    back = probabilities_to_shape(probs if contour is not None else probs[:1], image.shape[:2])
+    return SegmentationResult(labels, back[0], back[1] if contour is not None else None, card, threshold, instances,
+                              max(0, round(work_min / scale ** 2)), pixel_size, scale, (probs[0], contour, work_min))
 
 
 def split_planes(data: np.ndarray, rgb: bool | None = None) -> tuple[tuple[int, ...], bool]:
@@ -143,6 +208,10 @@ class StackResult:
     @property
     def instances(self) -> bool:
         return self.planes[0].instances
+
+    @property
+    def pixel_size(self) -> float | None:
+        return self.planes[0].pixel_size
 
     @property
     def labels(self) -> np.ndarray:
@@ -206,9 +275,15 @@ MEASUREMENT_PROPERTIES = ("label", "area", "centroid", "bbox", "eccentricity", "
                           "major_axis_length", "minor_axis_length", "orientation", "mean_intensity")
 
 
-def measure(labels: np.ndarray, image: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """Per-object measurements (``skimage.measure.regionprops_table``); intensity columns when
-    an image is given (per channel for RGB)."""
+#: lengths (pixels) that get a ``<name>_um`` column when the pixel size is known; ``area`` gets ``area_um2``
+LENGTH_COLUMNS = ("centroid-0", "centroid-1", "perimeter", "major_axis_length", "minor_axis_length")
+
+
+def measure(labels: np.ndarray, image: np.ndarray | None = None,
+            pixel_size: float | None = None) -> dict[str, np.ndarray]:
+    """Per-object measurements (``skimage.measure.regionprops_table``, pixels); intensity
+    columns when an image is given (per channel for RGB); with ``pixel_size`` (um per pixel)
+    also ``area_um2`` and the lengths in um (``perimeter_um``, ``centroid-0_um``, ...)."""
     from skimage.measure import regionprops_table
 
     if labels.ndim != 2:
@@ -219,31 +294,49 @@ def measure(labels: np.ndarray, image: np.ndarray | None = None) -> dict[str, np
         intensity = check_image(image)
         if intensity.shape[:2] != labels.shape:
             raise InputError(f"image {intensity.shape[:2]} and labels {labels.shape} differ in size")
-    return regionprops_table(labels.astype(np.int64, copy=False), intensity_image=intensity, properties=props)
+    table = regionprops_table(labels.astype(np.int64, copy=False), intensity_image=intensity, properties=props)
+    if pixel_size:
+        table["area_um2"] = table["area"] * float(pixel_size) ** 2
+        for column in LENGTH_COLUMNS:
+            table[f"{column}_um"] = table[column] * float(pixel_size)
+    return table
 
 
-def summarize(labels: np.ndarray, object_name: str = "objects", instances: bool = True) -> str:
-    """'42 nuclei, mean area 180 px' (or '12.5% of the image is vessels')."""
+def summarize(labels: np.ndarray, object_name: str = "objects", instances: bool = True,
+              pixel_size: float | None = None) -> str:
+    """'42 nuclei, mean area 180 px' (or '12.5% of the image is vessels'); with ``pixel_size``
+    (um per pixel) '42 nuclei, mean area 180 px = 11.3 um^2 (diameter 3.8 um)' or
+    '12.5% of the image is vessels (1.2 mm^2)'."""
     if labels.size == 0:
         return "nothing segmented"
     if not instances:
         frac = float((labels > 0).mean())
-        return f"{frac:.1%} of the image is {object_name}"
+        text = f"{frac:.1%} of the image is {object_name}"
+        if pixel_size:
+            area = float((labels > 0).sum()) * float(pixel_size) ** 2
+            text += f" ({area / 1e6:.3g} mm^2)" if area >= 1e5 else f" ({area:.3g} um^2)"
+        return text
     areas = np.bincount(labels.ravel())[1:]
     areas = areas[areas > 0]
     if areas.size == 0:
         return f"0 {object_name} found"
-    return f"{areas.size} {object_name}, mean area {areas.mean():.0f} px"
+    text = f"{areas.size} {object_name}, mean area {areas.mean():.0f} px"
+    if pixel_size:
+        um2 = areas * float(pixel_size) ** 2
+        text += f" = {um2.mean():.3g} um^2 (median diameter {np.median(np.sqrt(4 * um2 / np.pi)):.3g} um)"
+    return text
 
 
-def save_measurements(path, labels: np.ndarray, image: np.ndarray | None = None) -> int:
-    """Write per-object measurements as CSV (atomically); returns the number of rows."""
+def save_measurements(path, labels: np.ndarray, image: np.ndarray | None = None,
+                      pixel_size: float | None = None) -> int:
+    """Write per-object measurements as CSV (atomically); returns the number of rows. With
+    ``pixel_size`` (um per pixel) the table also has um and um^2 columns (see :func:`measure`)."""
     import csv
     import io
 
     from .zoo import atomic_write_bytes
 
-    table = measure(labels, image)
+    table = measure(labels, image, pixel_size)
     columns = list(table)
     n = len(table[columns[0]]) if columns else 0
     buf = io.StringIO()

@@ -7,7 +7,8 @@ at the end they are streamed, block by block, to
 * GeoJSON (:class:`GeoJSONWriter`): a ``FeatureCollection`` QuPath imports (*File >
   Import objects*): one ``Polygon`` per nucleus, coordinates in level-0 pixels (x right,
   y down, a pixel spans [x, x + 1)), ``properties`` with the id, ``objectType:
-  "detection"``, a ``classification`` and the measurements;
+  "detection"``, a ``classification`` and the measurements (pixels, and um / um^2 when
+  the pixel size is known);
 * CSV (:class:`CSVWriter`): one row per nucleus; lengths and areas also in um and um^2
   when the pixel size is known.
 
@@ -166,6 +167,16 @@ class _StreamingFile:
         self.tmp.unlink(missing_ok=True)
 
 
+def _physical(table: ObjectTable, values: np.ndarray, mpp: float | None) -> dict[str, float | None]:
+    """The lengths in um and the area in um^2 of one object (empty when the pixel size is unknown)."""
+    if not mpp:
+        return {}
+    index = {c: k for k, c in enumerate(table.columns)}
+    out = {f"{c}_um": _number(values[index[c]] * mpp) for c in _LENGTHS}
+    out["area_um2"] = _number(values[index["area"]] * mpp ** 2)
+    return out
+
+
 def _pixel_header(columns) -> list[str]:
     return ["id"] + [f"{c}_px" if c in _LENGTHS or c == "area" else c for c in columns]
 
@@ -184,6 +195,7 @@ class GeoJSONWriter(_StreamingFile):
             ring = table.polygon(i)
             props = {"id": int(object_id), "objectType": "detection", "classification": self.classification}
             props["measurements"] = {c: _number(v) for c, v in zip(table.columns, table.values[i])}
+            props["measurements"].update(_physical(table, table.values[i], self.mpp))
             feature = {"type": "Feature", "id": str(int(object_id)),
                        "geometry": {"type": "Polygon", "coordinates": [np.round(ring, 2).tolist()]},
                        "properties": props}
@@ -210,13 +222,10 @@ class CSVWriter(_StreamingFile):
             if self.mpp:
                 self.header += [f"{c}_um" for c in _LENGTHS] + ["area_um2"]
             self.writer.writerow(self.header)
-        index = {c: k for k, c in enumerate(table.columns)}
         for i, object_id in enumerate(ids):
             values = table.values[i]
             row = [int(object_id)] + [_number(v) for v in values]
-            if self.mpp:
-                row += [_number(values[index[c]] * self.mpp) for c in _LENGTHS]
-                row += [_number(values[index["area"]] * self.mpp ** 2)]
+            row += list(_physical(table, values, self.mpp).values())
             self.writer.writerow(row)
             self.count += 1
 
