@@ -54,6 +54,15 @@ def test_card_defaults_come_from_the_task():
     ("in_channels", 2, "in_channels"),
     ("out_channels", 3, "out_channels"),
     ("bn_statistics", "batch", "bn_statistics"),
+    ("pixel_size_um", 0, "pixel_size_um"),
+    ("pixel_size_um", -0.25, "pixel_size_um"),
+    ("pixel_size_um", 300.0, "pixel_size_um"),  # 72 dpi is not a microscope's pixel
+    ("pixel_size_um", "0.25", "pixel_size_um"),
+    ("pixel_size_um", float("nan"), "pixel_size_um"),
+    ("pixel_size_um", True, "pixel_size_um"),
+    ("object_diameter_px", 0.5, "object_diameter_px"),
+    ("object_diameter_px", "20", "object_diameter_px"),
+    ("object_width_px", float("inf"), "object_width_px"),
 ])
 def test_card_rejects_invalid_values(field, value, message):
     with pytest.raises(ValueError, match=message):
@@ -569,3 +578,25 @@ def test_stale_temporary_files_are_removed_on_listing_and_saving(tiny_card, tmp_
     os.utime(old, (two_hours_ago, two_hours_ago))
     save_model(_new_model(tiny_card), other / "x")
     assert not old.exists()
+
+
+def test_pixel_size_fields_are_optional_and_old_cards_still_load(tiny_model_path):
+    card = ModelCard(name="p", task="nuclei", pixel_size_um=0.5, object_diameter_px=19.6, object_width_px=27.7)
+    assert ModelCard.from_dict(card.to_dict()).pixel_size_um == 0.5
+    card_path = tiny_model_path.with_suffix(".json")
+    data = json.loads(card_path.read_text())
+    for key in ("pixel_size_um", "object_diameter_px", "object_width_px"):
+        data.pop(key, None)  # a card written before these fields existed
+    card_path.write_text(json.dumps(data))
+    old = load_model(tiny_model_path)
+    assert old.card.pixel_size_um is None and old.card.object_diameter_px is None
+
+
+def test_builtin_cards_record_their_pixel_size_or_say_why_not():
+    nuclei = load_model("nuclei").card
+    assert nuclei.pixel_size_um == pytest.approx(0.25) and 15 <= nuclei.object_diameter_px <= 25
+    assert "0.25 um" in nuclei.description and "Kumar" in nuclei.description
+    for name in ("vessels", "lesion"):
+        card = load_model(name).card
+        assert card.pixel_size_um is None and card.object_diameter_px is None
+        assert "No pixel size" in card.description
