@@ -187,3 +187,35 @@ def test_whole_slide_in_the_widget_runs_in_the_background(make_napari_viewer, qt
     assert int(saved[y0 + 10, x0 + 10]) == 9999
     level1 = zarr.open_array(str(result.zarr_path / "labels/nuclei/1"), mode="r")
     assert int(level1[(y0 + 11) // 2, (x0 + 11) // 2]) == 9999  # the pyramid follows
+
+
+def test_a_small_tiff_with_a_pixel_size_opens_with_it_as_its_scale(tmp_path):
+    rgb = tmp_path / "calibrated.ome.tif"
+    tifffile.imwrite(rgb, np.full((40, 50, 3), 90, np.uint8), ome=True, photometric="rgb",
+                     metadata={"axes": "YXS", "PhysicalSizeX": 0.5, "PhysicalSizeXUnit": "µm"})
+    [(data, kwargs, kind)] = get_reader(str(rgb))(str(rgb))
+    assert kind == "image" and data.shape == (40, 50, 3) and kwargs["rgb"]
+    assert kwargs["scale"] == (0.5, 0.5) and kwargs["units"] == ("um", "um") and kwargs["metadata"]["mpp"] == 0.5
+    assert kwargs["name"] == "calibrated"
+    stack = tmp_path / "stack.tif"
+    tifffile.imwrite(stack, np.zeros((3, 30, 30), np.uint8), imagej=True, resolution=(4.0, 4.0),
+                     metadata={"unit": "um", "axes": "ZYX"})
+    [(data, kwargs, _)] = get_reader(str(stack))(str(stack))
+    assert data.shape == (3, 30, 30) and kwargs["scale"] == (1.0, 0.25, 0.25)
+    assert kwargs["units"] == ("pixel", "um", "um")
+
+
+def test_the_reader_s_scale_reaches_the_widget_s_pixel_size(tmp_path, make_napari_viewer):
+    from napari_minenet._pixel_size_control import PixelSizeControl
+    from napari_minenet.pixel_size import layer_pixel_size
+
+    path = tmp_path / "calibrated.tif"
+    tifffile.imwrite(path, np.full((40, 50, 3), 90, np.uint8), photometric="rgb", resolution=(40_000, 40_000),
+                     resolutionunit="CENTIMETER")
+    viewer = make_napari_viewer(show=False)
+    [(data, kwargs, _)] = get_reader(str(path))(str(path))
+    layer = viewer.add_image(data, **kwargs)
+    assert layer_pixel_size(layer) == pytest.approx(0.25)  # from napari's own scale and units
+    control = PixelSizeControl()
+    control.set_layer(layer)
+    assert control.pixel_size() == pytest.approx(0.25) and "0.25 um, from the image" in control.specialValueText()

@@ -1,15 +1,19 @@
 """napari reader: whole slides (.svs, .ndpi, pyramidal or very large TIFF, OME-TIFF, OME-Zarr)
 as lazy multiscale layers, with the pixel size as the layer's scale (um).
 
-Small ordinary TIFFs are left to napari's own reader (``get_reader`` returns None). A
-folder written by the slide engine (``<name>.zarr`` with ``labels/nuclei``) opens as a
-multiscale Labels layer.
+A small TIFF that records its pixel size (OME PhysicalSizeX, Aperio MPP, ImageJ unit,
+resolution tags in cm or inch; :func:`napari_minenet.pixel_size.read_pixel_size`) opens
+with that pixel size as its scale in um (``units`` um, ``metadata["mpp"]``); other small
+TIFFs are left to napari's own reader (``get_reader`` returns None). A folder written by
+the slide engine (``<name>.zarr`` with ``labels/nuclei``) opens as a multiscale Labels
+layer.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from .pixel_size import read_pixel_size
 from .slides import SLIDE_MIN_PIXELS, is_slide_path, looks_like_slide, open_slide
 
 
@@ -25,7 +29,27 @@ def get_reader(path):
         if _labels_group(p) is None and not (p / ".zattrs").exists() and not (p / "zarr.json").exists():
             return None
         return read_slide
-    return read_slide if looks_like_slide(p) else None
+    if looks_like_slide(p):
+        return read_slide
+    if p.suffix.lower() in (".tif", ".tiff") and read_pixel_size(p) is not None:
+        return read_image_with_pixel_size
+    return None
+
+
+def read_image_with_pixel_size(path):
+    """An ordinary (small) TIFF with its pixel size as the layer's scale, in um."""
+    from .data import read_image
+
+    p = Path(str(path[0] if isinstance(path, list) else path))
+    data = read_image(p)
+    size = read_pixel_size(p)
+    rgb = data.ndim >= 3 and data.shape[-1] in (3, 4)
+    lead = data.ndim - (3 if rgb else 2)
+    kwargs = {"name": p.name.split(".")[0] or p.stem, "rgb": rgb, "metadata": {"mpp": size}}
+    if size:
+        kwargs["scale"] = (1.0,) * lead + (size, size)
+        kwargs["units"] = ("pixel",) * lead + ("um", "um")
+    return [(data, kwargs, "image")]
 
 
 def _labels_group(p: Path):
