@@ -301,6 +301,8 @@ def test_readme_documents_exit_codes_and_limits():
     (["segment", "a.png", "-o", "out", "--tile", "100000"], "--tile: 100000 is out of range: use 32 to 4096"),
     (["segment", "a.png", "-o", "out", "--threshold", "2"], "--threshold: 2 is out of range"),
     (["segment", "a.png", "-o", "out", "--bogus"], "unrecognized arguments: --bogus"),
+    (["segment", "a.png", "-o", "out", "--pixel-size", "0"], "--pixel-size: 0 is out of range: use 0.02 to 50"),
+    (["segment", "a.png", "-o", "out", "--pixel-size", "big"], "--pixel-size: 'big' is not a number"),
     (["train", "--data", "d", "-o", "o", "--epochs", "0"], "--epochs: 0 is below 1"),
 ])
 def test_bad_arguments_give_one_line_and_exit_2(capsys, argv, message):
@@ -448,3 +450,59 @@ def test_train_refuses_float_labels_in_one_line(tmp_path, make_blobs, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and "expected integers" in err
     assert len(err.strip().splitlines()) == 1 and _no_traceback(err)
+
+
+# --------------------------------------------------------------------------- pixel size
+
+
+def _blob_model_with_pixel_size(trained_model_path, tmp_path, **fields):
+    """The blob model (one label per blob) with a training pixel size, saved as a new model."""
+    import dataclasses
+
+    model = load_model(trained_model_path)
+    model.card = dataclasses.replace(model.card, name="blobs_um", instances=True, **fields)
+    return save_model(model, tmp_path / "models" / "blobs_um")
+
+
+def test_segment_pixel_size_resamples_and_measures_in_um(blobs_png, trained_model_path, tmp_path, capsys):
+    path, truth = blobs_png
+    model = _blob_model_with_pixel_size(trained_model_path, tmp_path, pixel_size_um=0.5)
+    out = tmp_path / "out"
+    rc = main(["segment", str(path), "-o", str(out), "--model", str(model), "--device", "cpu",
+               "--pixel-size", "0.5", "--measurements", "--no-overlay"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert "um^2" in captured.out and "[0.5 um/px]" in captured.out
+    header = (out / "blobs_measurements.csv").read_text().splitlines()[0].split(",")
+    assert "area_um2" in header and "perimeter_um" in header and "area" in header
+    labels = tifffile.imread(out / "blobs_labels.tif")
+    # twice as coarse as the model: enlarged 2x for the network, labels back on the image's grid
+    rc = main(["segment", str(path), "-o", str(tmp_path / "coarse"), "--model", str(model), "--device", "cpu",
+               "--pixel-size", "1.0", "--no-overlay"])
+    coarse = tifffile.imread(tmp_path / "coarse" / "blobs_labels.tif")
+    assert rc == 0 and coarse.shape == labels.shape == truth.shape
+    assert abs(int(coarse.max()) - int(labels.max())) <= 3
+
+
+def test_segment_pixel_size_auto_reads_the_file(tmp_path, make_blobs, trained_model_path, capsys):
+    image, _ = make_blobs((96, 96), seed=22)
+    path = tmp_path / "res.tif"
+    tifffile.imwrite(path, image, photometric="rgb", resolution=(20_000, 20_000), resolutionunit="CENTIMETER")
+    model = _blob_model_with_pixel_size(trained_model_path, tmp_path, pixel_size_um=0.5)
+    rc = main(["segment", str(path), "-o", str(tmp_path / "out"), "--model", str(model), "--device", "cpu",
+               "--measurements"])  # --pixel-size auto is the default: 0.5 um from the resolution tags
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert "[0.5 um/px]" in captured.out
+    assert "area_um2" in (tmp_path / "out" / "res_measurements.csv").read_text().splitlines()[0]
+
+
+def test_segment_pixel_size_auto_without_metadata_estimates(blobs_png, trained_model_path, tmp_path, capsys):
+    path, _ = blobs_png
+    model = _blob_model_with_pixel_size(trained_model_path, tmp_path, pixel_size_um=0.5, object_diameter_px=14.0)
+    rc = main(["segment", str(path), "-o", str(tmp_path / "out"), "--model", str(model), "--device", "cpu",
+               "--measurements"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert "pixel size unknown; size: objects" in captured.out
+    assert "area_um2" not in (tmp_path / "out" / "blobs_measurements.csv").read_text()  # no pixel size, no um

@@ -105,6 +105,15 @@ def _number(*, positive: bool = False, lo: float | None = None, hi: float | None
     return parse
 
 
+def _pixel_size(text: str):
+    """argparse type: 'auto' or a pixel size in um (within the plausible range)."""
+    from .pixel_size import PIXEL_SIZE_RANGE
+
+    if text.strip().lower() == "auto":
+        return "auto"
+    return _number(lo=PIXEL_SIZE_RANGE[0], hi=PIXEL_SIZE_RANGE[1])(text)
+
+
 class _Parser(argparse.ArgumentParser):
     """Usage errors in one line (``napari-minenet segment: error: ... (see --help)``)."""
 
@@ -232,7 +241,8 @@ def _write_outputs(out_dir: Path, stem: str, labels, prob, image, *, save_probab
 def _segment_files(paths, out_dir: Path, args) -> int:
     from .data import GreyImageWarning, read_image
     from .files import remove_stale_temp_files
-    from .segmentation import segment, segment_stack, split_planes, summarize
+    from .pixel_size import describe_pixel_size, read_pixel_size
+    from .segmentation import save_measurements, segment, segment_stack, split_planes, summarize
     from .zoo import load_model
 
     if out_dir.exists() and not out_dir.is_dir():
@@ -250,9 +260,11 @@ def _segment_files(paths, out_dir: Path, args) -> int:
             image = read_image(path)
             lead, _ = split_planes(image)
             bar = _LazyProgress(path.name, "plane" if lead else "tile")
+            pixel_size = args.pixel_size if args.pixel_size != "auto" else (read_pixel_size(path) or "auto")
             try:
                 kwargs = dict(instances=instances, threshold=args.threshold, min_size=args.min_size,
-                              device=args.device, tile_size=args.tile, batch_size=args.batch_size)
+                              device=args.device, tile_size=args.tile, batch_size=args.batch_size,
+                              pixel_size=pixel_size)
                 with warnings.catch_warnings():
                     if not args.allow_grey:  # a grey image on a colour model: refuse (one line) unless asked
                         warnings.simplefilter("error", GreyImageWarning)
@@ -260,15 +272,21 @@ def _segment_files(paths, out_dir: Path, args) -> int:
                         stack = segment_stack(image, model, progress=bar, **kwargs)
                         labels, prob = stack.labels, stack.probability
                         summary = f"{len(stack.planes)} planes, " + summarize(labels, model.card.object_name,
-                                                                              stack.instances)
+                                                                              stack.instances, stack.pixel_size)
+                        result = stack.planes[0]
                     else:
                         result = segment(image, model, progress=bar, **kwargs)
                         labels, prob = result.labels, result.probability
-                        summary = summarize(labels, model.card.object_name, result.instances)
+                        summary = summarize(labels, model.card.object_name, result.instances, result.pixel_size)
             finally:
                 bar.close()
+            summary += f" [{describe_pixel_size(result.pixel_size)}{'; ' + result.size_note if result.size_note else ''}]"
             written, replaced = _write_outputs(out_dir, stem, labels, prob, image,
                                                save_probability=args.save_probability, overlay=args.overlay)
+            if args.measurements and labels.ndim == 2:
+                written.append(out_dir / f"{stem}_measurements.csv")
+                replaced |= written[-1].exists()
+                save_measurements(written[-1], labels, image, result.pixel_size)
             print(f"{path.name}: {summary} -> {', '.join(str(w) for w in written)}"
                   + (" (replaced the earlier output)" if replaced else ""))
         except GreyImageWarning as exc:
@@ -472,6 +490,13 @@ def _add_segment_options(p: argparse.ArgumentParser, model_default: str | None =
     p.add_argument("--threshold", type=_number(lo=0.0, hi=1.0), default=None,
                    help="foreground threshold, 0 to 1 (default: model's)")
     p.add_argument("--min-size", type=_int_in(0), default=None, help="remove objects smaller than this (pixels)")
+    p.add_argument("--pixel-size", type=_pixel_size, default="auto", metavar="UM",
+                   help="micrometres per pixel of the images, or 'auto' (default): read from the file (OME-TIFF, "
+                        "Aperio, ImageJ, TIFF resolution tags), else estimated from the objects' size; images are "
+                        "resampled to the model's pixel size (nuclei: 0.25) and measurements get um columns")
+    p.add_argument("--measurements", action="store_true",
+                   help="also write <name>_measurements.csv (one row per object; um and um^2 columns when the "
+                        "pixel size is known)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     p.add_argument("--tile", type=_int_in(32, MAX_TILE_SIZE), default=None,
                    help=f"tile size in pixels, 32 to {MAX_TILE_SIZE} (default: model's, 1024 for the built-ins)")
