@@ -38,6 +38,7 @@ from qtpy.QtWidgets import (
 
 from . import _qt_common as common
 from ._layer_data import ImageRegion, image_region, layer_lead_shape
+from ._pixel_size_control import PixelSizeControl
 from .data import GreyImageWarning, InputError
 from .files import atomic_write_bytes
 from .inference import Cancelled, device_report
@@ -116,6 +117,7 @@ class SegmentPanel(QWidget):
         self.region_combo.setToolTip("The whole full-resolution image (in tiles); for very large images, only what "
                                      "is on the canvas; or a whole slide block by block, glass skipped, the labels "
                                      "written to an OME-Zarr beside the image and shown lazily")
+        self.pixel_size_spin = PixelSizeControl()
         self.instances_check = QCheckBox("One label per object")
         self.probability_check = QCheckBox("Probability map")
         self.probability_check.setToolTip("Also show the probability map as an image layer")
@@ -177,6 +179,7 @@ class SegmentPanel(QWidget):
         form.addRow("Image", self.image_combo)
         form.addRow("Model", self.model_picker)
         form.addRow("Device", self.device_combo)
+        form.addRow("Pixel size", self.pixel_size_spin)
         where_row = QHBoxLayout()  # stack: which slices; large images: whole or visible region
         where_row.addWidget(self.slices_combo)
         where_row.addWidget(self.region_combo)
@@ -284,6 +287,7 @@ class SegmentPanel(QWidget):
         layer = self.image_layer()
         has_stack = bool(layer is not None and layer_lead_shape(layer))
         self.slices_combo.setEnabled(has_stack)
+        self.pixel_size_spin.set_layer(layer)
 
     # ------------------------------------------------------------------ model
 
@@ -330,6 +334,7 @@ class SegmentPanel(QWidget):
         if self.model is None:
             common.notify_error("Choose a model that loads without errors first.")
             return
+        self.pixel_size_spin.set_layer(layer)  # the layer's scale may have changed since it was chosen
         if self.region_combo.currentData() == "slide":
             self.run_slide(layer)
             return
@@ -347,7 +352,7 @@ class SegmentPanel(QWidget):
             return
 
         model, device = self.model, self.device_combo.currentData()
-        instances = self.instances_check.isChecked()
+        instances, pixel_size = self.instances_check.isChecked(), self.pixel_size_spin.pixel_size()
         cancel = threading.Event()
         self._cancel_event = cancel
         relay = common.Relay(self)
@@ -363,9 +368,10 @@ class SegmentPanel(QWidget):
                     data = region.load()
                     if stack:
                         return segment_stack(data, model, rgb=region.rgb, progress=relay.progressed.emit,
-                                             cancel=cancel.is_set, device=device, instances=instances)
+                                             cancel=cancel.is_set, device=device, instances=instances,
+                                             pixel_size=pixel_size)
                     return segment(data, model, progress=relay.progressed.emit, cancel=cancel.is_set,
-                                   device=device, instances=instances)
+                                   device=device, instances=instances, pixel_size=pixel_size)
                 except EXPECTED_ERRORS as exc:
                     return common.Failed(exc)
                 finally:
@@ -409,10 +415,7 @@ class SegmentPanel(QWidget):
             common.notify_error("Whole slides are 2-D images; this layer is a stack.")
             return
         levels = list(layer.data) if layer.multiscale else [layer.data]
-        scale = np.asarray(layer.scale, dtype=float)[-2:]
-        units = getattr(layer, "units", None)
-        in_um = units is not None and str(units[-1]) in ("micrometer", "um")
-        mpp = layer.metadata.get("mpp") or (float(scale[-1]) if in_um and scale[-1] != 1.0 else None)
+        mpp = self.pixel_size_spin.known_pixel_size()
         source = getattr(getattr(layer, "source", None), "path", None) or layer.metadata.get("minenet_slide")
         try:
             slide = slide_from_levels(levels, mpp, layer.name, Path(source) if source else None)
@@ -603,6 +606,9 @@ class SegmentPanel(QWidget):
         self.progress_bar.setFormat("done")
         self.result, self.region, self.source_layer = out, region, layer
         self._set_threshold(out.threshold)
+        self.min_size_spin.blockSignals(True)
+        self.min_size_spin.setValue(out.min_size)  # pixels of this image (the card's are the model's)
+        self.min_size_spin.blockSignals(False)
         self._show_labels(layer, region, name, out.labels)
         if self.probability_check.isChecked():
             self._show_probability(layer, region, name, out.probability)
@@ -747,7 +753,10 @@ class SegmentPanel(QWidget):
         if self.result is None:
             return
         card = self.result.card
-        self.summary_label.setText(summarize(self.result.labels, card.object_name, self.result.instances))
+        pixel_size = getattr(self.result, "pixel_size", None)
+        note = getattr(self.result.planes[0] if isinstance(self.result, StackResult) else self.result, "size_note", "")
+        self.summary_label.setText(summarize(self.result.labels, card.object_name, self.result.instances, pixel_size)
+                                   + (f"\n{note}" if note else ""))
         self.export_button.setEnabled(True)
 
     def _measurement_planes(self, layer) -> list[tuple[tuple[int, ...], np.ndarray, np.ndarray | None]]:
@@ -806,7 +815,7 @@ class SegmentPanel(QWidget):
             writer = csv.writer(buf)
             n, header = 0, False
             for index, labels, image in planes:
-                table = measure(labels, image)
+                table = measure(labels, image, getattr(self.result, "pixel_size", None))
                 columns = list(table)
                 if not header:
                     writer.writerow(index_names + columns)
