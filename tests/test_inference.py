@@ -120,8 +120,10 @@ def test_tiled_equals_untiled_away_from_image_borders(module_tiny, make_blobs):
     image, _ = make_blobs(400, seed=3)
     starts = tile_starts(400, EXACT_TILE, EXACT_OVERLAP)
     assert len(starts) == 2  # the test really tiles
-    untiled = predict_tiled(image, module_tiny, device="cpu", tile_size=1024)
-    tiled = predict_tiled(image, module_tiny, device="cpu", tile_size=EXACT_TILE, overlap=EXACT_OVERLAP)
+    # (fp32: the exactness of the blending, not bf16 rounding, is under test)
+    untiled = predict_tiled(image, module_tiny, device="cpu", tile_size=1024, precision="fp32")
+    tiled = predict_tiled(image, module_tiny, device="cpu", tile_size=EXACT_TILE, overlap=EXACT_OVERLAP,
+                          precision="fp32")
     assert tiled.shape == untiled.shape == (2, 400, 400)
     diff = _max_abs_diff(tiled, untiled)
     assert diff[16:-16, 16:-16].max() < 1e-4
@@ -138,8 +140,10 @@ def test_tiled_equals_untiled_when_the_image_is_not_a_multiple_of_four(module_ti
     image, _ = make_blobs(402, seed=3)
     ranges = tile_ranges(402, EXACT_TILE, EXACT_OVERLAP)
     assert len(ranges) == 2 and ranges[-1][1] - ranges[-1][0] != EXACT_TILE  # a longer last tile
-    untiled = predict_tiled(image, module_tiny, device="cpu", tile_size=1024)
-    tiled = predict_tiled(image, module_tiny, device="cpu", tile_size=EXACT_TILE, overlap=EXACT_OVERLAP)
+    # (fp32: the exactness of the blending, not bf16 rounding, is under test)
+    untiled = predict_tiled(image, module_tiny, device="cpu", tile_size=1024, precision="fp32")
+    tiled = predict_tiled(image, module_tiny, device="cpu", tile_size=EXACT_TILE, overlap=EXACT_OVERLAP,
+                          precision="fp32")
     diff = _max_abs_diff(tiled, untiled)
     assert diff[16:-16, 16:-16].max() < 1e-4
 
@@ -521,3 +525,54 @@ def test_a_grey_image_on_a_colour_model_can_be_refused(tiny_model, make_blobs):
         with pytest.raises(GreyImageWarning, match="'tiny' was trained on colour"):
             segment(grey, tiny_model, device="cpu")
         segment(make_blobs(64, seed=1)[0], tiny_model, device="cpu")  # colour: no warning
+
+
+# --------------------------------------------------------------------------- precision
+
+
+def test_auto_precision_is_bf16_only_on_a_cpu_with_native_bf16(monkeypatch):
+    import napari_minenet.inference as inference
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    for native in (True, False):
+        monkeypatch.setattr(inference, "_NATIVE_BF16", native)
+        assert inference.resolve_precision(cpu, "auto") == ("bf16" if native else "fp32")
+        assert inference.resolve_precision(cuda, "auto") == "fp32"  # not validated on GPUs
+        assert inference.resolve_precision(cpu, "FP32") == "fp32"
+        assert inference.resolve_precision(cpu, "bfloat16") == "bf16"
+    with pytest.raises(ValueError, match="precision"):
+        inference.resolve_precision(cpu, "int8")
+
+
+@pytest.mark.parametrize("size,tile", [(96, 1024), (200, 96)])  # one tile (statistics pass = prediction), tiles
+def test_precision_auto_follows_the_cpu_and_fp32_can_be_forced(monkeypatch, module_tiny, make_blobs, size, tile):
+    import napari_minenet.inference as inference
+
+    image, _ = make_blobs(size, seed=6)
+    kw = dict(device="cpu", tile_size=tile, overlap=48)
+    fp32 = predict_tiled(image, module_tiny, precision="fp32", **kw)
+    bf16 = predict_tiled(image, module_tiny, precision="bf16", **kw)
+    assert 0 < np.abs(fp32 - bf16).max() < 0.1  # bf16 really ran, and stays close
+    monkeypatch.setattr(inference, "_NATIVE_BF16", True)
+    np.testing.assert_array_equal(predict_tiled(image, module_tiny, **kw), bf16)  # the default is auto
+    np.testing.assert_array_equal(segment(image, module_tiny, **kw).probability, bf16[0])
+    np.testing.assert_array_equal(segment(image, module_tiny, precision="fp32", **kw).probability, fp32[0])
+    monkeypatch.setattr(inference, "_NATIVE_BF16", False)
+    np.testing.assert_array_equal(predict_tiled(image, module_tiny, **kw), fp32)
+
+
+def test_native_bf16_detection_reads_the_cpu_flags(monkeypatch, tmp_path):
+    import builtins
+
+    import napari_minenet.inference as inference
+
+    real_open = builtins.open
+    for flags, expected in (("fpu avx512f avx512_bf16 sse", True), ("fpu avx512f sse", False),
+                            ("fpu amx_bf16", True)):
+        fake = tmp_path / "cpuinfo"
+        fake.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+        monkeypatch.setattr(builtins, "open", lambda p, *a, **k: real_open(fake if p == "/proc/cpuinfo" else p,
+                                                                          *a, **k))
+        monkeypatch.setattr(inference, "_NATIVE_BF16", None)
+        assert inference.native_bf16_cpu() is (expected and torch.backends.mkldnn.is_available())
+    monkeypatch.setattr(inference, "_NATIVE_BF16", None)

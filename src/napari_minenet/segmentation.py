@@ -89,7 +89,7 @@ def segment(
     tile_size: int | None = None,
     overlap: int | None = None,
     batch_size: int = 1,
-    precision: str = "fp32",
+    precision: str = "auto",
     test_time_augmentation: int | None = None,
     scale: float | None = None,
     pixel_size: float | str | None = None,
