@@ -45,12 +45,12 @@ def test_auto_follows_the_layer_and_a_typed_value_resamples(make_napari_viewer, 
     image, truth = make_blobs(128, seed=11)
     viewer, panel, layer = _panel(make_napari_viewer, blob_model, image)
     control = panel.pixel_size_spin
-    assert control.value() == 0 and control.specialValueText().startswith("auto (estimate")
+    assert control.value() == 0 and control.specialValueText() == "auto (estimate)"
     assert control.pixel_size() == "auto"
     layer.scale = (0.5, 0.5)
     layer.units = ("um", "um")
     panel._update_stack_controls()
-    assert control.pixel_size() == pytest.approx(0.5) and "0.5 um, from the image" in control.specialValueText()
+    assert control.pixel_size() == pytest.approx(0.5) and control.specialValueText() == "auto: 0.5 um (image)"
 
     _run(qtbot, panel)  # auto = the layer's 0.5 um = the model's: no resampling
     assert panel.result.scale == 1.0 and panel.result.pixel_size == pytest.approx(0.5)
@@ -79,6 +79,6 @@ def test_the_control_sits_in_the_segment_form(make_napari_viewer, blob_model, ma
     assert isinstance(form, QFormLayout)
     labels = [form.itemAt(i, QFormLayout.LabelRole).widget() for i in range(form.rowCount())]
     texts = [w.text() for w in labels if isinstance(w, QLabel)]
-    assert "Pixel size" in texts
-    assert form.itemAt(texts.index("Pixel size"), QFormLayout.FieldRole).widget() is panel.pixel_size_spin
+    assert "Pixel size (um)" in texts
+    assert form.itemAt(texts.index("Pixel size (um)"), QFormLayout.FieldRole).widget() is panel.pixel_size_spin
     assert np.isclose(panel.pixel_size_spin.maximum(), 50.0)

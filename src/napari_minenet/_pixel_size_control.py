@@ -21,8 +21,8 @@ class PixelSizeControl(QDoubleSpinBox):
         self.setRange(0.0, PIXEL_SIZE_RANGE[1])
         self.setDecimals(4)
         self.setSingleStep(0.05)
-        self.setSuffix(" um")
         self.setValue(0.0)
+        self.setMinimumWidth(self.fontMetrics().horizontalAdvance("auto: 0.2525 um (image)") + 40)
         self.layer_size: float | None = None
         self.set_layer(None)
 
@@ -30,9 +30,10 @@ class PixelSizeControl(QDoubleSpinBox):
         """Show what *auto* means for this image layer."""
         self.layer_size = layer_pixel_size(layer) if layer is not None else None
         if self.layer_size:
-            self.setSpecialValueText(f"auto ({self.layer_size:.4g} um, from the image)")
+            self.setSpecialValueText(f"auto: {self.layer_size:.4g} um (image)")
         else:
-            self.setSpecialValueText("auto (estimate from the objects)")
+            self.setSpecialValueText("auto (estimate)")
+        self.lineEdit().setCursorPosition(0)  # show the start of the new text, not the old scroll
         self.setToolTip(
             "Micrometres per pixel of the image. The image is resampled to the model's pixel size (nuclei: 0.25 um, "
             "40x) and the results mapped back; measurements get um and um^2. auto: the image's own pixel size when "

@@ -179,7 +179,7 @@ class SegmentPanel(QWidget):
         form.addRow("Image", self.image_combo)
         form.addRow("Model", self.model_picker)
         form.addRow("Device", self.device_combo)
-        form.addRow("Pixel size", self.pixel_size_spin)
+        form.addRow("Pixel size (um)", self.pixel_size_spin)
         where_row = QHBoxLayout()  # stack: which slices; large images: whole or visible region
         where_row.addWidget(self.slices_combo)
         where_row.addWidget(self.region_combo)
