@@ -148,6 +148,7 @@ class SegmentPanel(QWidget):
         self.min_size_spin.setToolTip("Objects smaller than this are removed")
         self.summary_label = QLabel("")
         self.summary_label.setWordWrap(True)
+        self.summary_label.setVisible(False)  # until there is a result: the dock stays short
         self.export_button = QPushButton("Export measurements...")
         self.export_button.setEnabled(False)
         self.edit_region_button = QPushButton("Correct visible region")
@@ -485,6 +486,7 @@ class SegmentPanel(QWidget):
         self.progress_bar.setValue(100)
         self.progress_bar.setFormat("done")
         resumed = f", {out.blocks_resumed} blocks from an earlier run" if out.blocks_resumed else ""
+        self.summary_label.setVisible(True)
         self.summary_label.setText(f"{out.count} {self.model.card.object_name if self.model else 'objects'} in "
                                    f"{out.blocks_tissue} tissue blocks ({out.tissue_fraction:.0%} tissue{resumed}); "
                                    f"saved in {out.zarr_path.parent}")
@@ -755,6 +757,7 @@ class SegmentPanel(QWidget):
         card = self.result.card
         pixel_size = getattr(self.result, "pixel_size", None)
         note = getattr(self.result.planes[0] if isinstance(self.result, StackResult) else self.result, "size_note", "")
+        self.summary_label.setVisible(True)
         self.summary_label.setText(summarize(self.result.labels, card.object_name, self.result.instances, pixel_size)
                                    + (f"\n{note}" if note else ""))
         self.export_button.setEnabled(True)

@@ -12,8 +12,8 @@ measures how large the objects are and the image is rescaled when they are clear
 the training size. The measure is the *mean object width*: 6 x the mean distance to the
 background over the pass's foreground, which is the diameter of a round object and does
 not depend on how touching objects were split (the network over-splits nuclei that are
-too large, so the median size of the *instances* it finds barely grows past its training
-size: a 2x enlarged image gave a median instance diameter only ~1.1x larger). Rule:
+too large: on a 2x enlarged image the median diameter of the *instances* it finds was
+only 0.9-1.4x larger, ~1.2x on average). Rule:
 
 * ``width < WIDTH_LOW x reference``: objects too small, enlarge the image 2x;
 * ``width > WIDTH_HIGH x reference``: objects too large, shrink it 2x;
