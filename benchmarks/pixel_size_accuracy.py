@@ -5,7 +5,8 @@ For each scale factor k (1 = native 40x, ~0.25 um/px; 0.5 = as if scanned at 20x
 the image is resized by k (bilinear, anti-aliased) and its instance labels by nearest
 neighbour; pixel F1 and AJI are computed on the rescaled grid, against the rescaled
 labels. "given" passes ``pixel_size = 0.25 / k``; "auto" passes ``pixel_size="auto"``
-(a first pass estimates the object size, see :mod:`napari_minenet.auto_size`).
+(a first pass estimates the object size, see :mod:`napari_minenet.auto_size`); "none"
+(``--modes none``) segments the image as it comes.
 
 Needs the MoNuSeg training data (``--data``, default ``../shared/data/monuseg/train``);
 the validation ids come from the model card. Prints a Markdown table (means over the
@@ -66,20 +67,18 @@ def main(argv: list[str] | None = None) -> int:
                       f"{seconds:.1f} s {result.size_note}", flush=True)
 
     print(f"\n{card.name}, {len(examples)} images, {threads} threads; F1 / AJI (mean over images)\n")
-    print("| image scale | pixel size given | auto size | auto: resampled (per image) |")
-    print("|---|---|---|---|")
+    titles = {"given": "pixel size given", "auto": "auto size", "none": "as it comes"}
+    print("| image scale | " + " | ".join(titles[m] for m in args.modes) + " | auto: resampled (per image) |")
+    print("|---|" + "---|" * len(args.modes) + "---|")
     means = {}
     for k in args.scales:
         cells = []
-        for mode in ("given", "auto"):
+        for mode in args.modes:
             sel = [r for r in rows if r["k"] == k and r["mode"] == mode]
-            if sel:
-                means[(k, mode)] = (float(np.mean([r["f1"] for r in sel])), float(np.mean([r["aji"] for r in sel])))
-                cells.append(f"{means[(k, mode)][0]:.4f} / {means[(k, mode)][1]:.4f}")
-            else:
-                cells.append("-")
+            means[(k, mode)] = (float(np.mean([r["f1"] for r in sel])), float(np.mean([r["aji"] for r in sel])))
+            cells.append(f"{means[(k, mode)][0]:.4f} / {means[(k, mode)][1]:.4f}")
         auto_scales = " ".join(f"x{r['scale']:g}" for r in rows if r["k"] == k and r["mode"] == "auto")
-        print(f"| {k:g}x ({card.pixel_size_um / k:.3g} um/px) | {cells[0]} | {cells[1]} | {auto_scales} |")
+        print(f"| {k:g}x ({card.pixel_size_um / k:.3g} um/px) | " + " | ".join(cells) + f" | {auto_scales} |")
     if (1.0, "given") in means:
         f1_0, aji_0 = means[(1.0, "given")]
         print("\ndifference from native (pixel size given): F1 / AJI")
