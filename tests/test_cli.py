@@ -476,6 +476,9 @@ def test_segment_pixel_size_resamples_and_measures_in_um(blobs_png, trained_mode
     header = (out / "blobs_measurements.csv").read_text().splitlines()[0].split(",")
     assert "area_um2" in header and "perimeter_um" in header and "area" in header
     labels = tifffile.imread(out / "blobs_labels.tif")
+    from napari_minenet.pixel_size import read_pixel_size
+
+    assert read_pixel_size(out / "blobs_labels.tif") == pytest.approx(0.5)  # the labels keep the pixel size
     # twice as coarse as the model: enlarged 2x for the network, labels back on the image's grid
     rc = main(["segment", str(path), "-o", str(tmp_path / "coarse"), "--model", str(model), "--device", "cpu",
                "--pixel-size", "1.0", "--no-overlay"])

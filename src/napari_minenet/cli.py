@@ -214,19 +214,19 @@ def _output_stems(paths: list[Path]) -> list[tuple[Path, str]]:
 
 
 def _write_outputs(out_dir: Path, stem: str, labels, prob, image, *, save_probability: bool,
-                   overlay: bool) -> tuple[list[Path], bool]:
+                   overlay: bool, pixel_size: float | None = None) -> tuple[list[Path], bool]:
     """Write the outputs of one image; returns (paths, whether an earlier output was replaced)."""
     from .files import write_png, write_tiff
 
     written, replaced = [], False
     path = out_dir / f"{stem}_labels.tif"
     replaced |= path.exists()
-    write_tiff(path, labels)
+    write_tiff(path, labels, pixel_size=pixel_size)
     written.append(path)
     if save_probability:
         path = out_dir / f"{stem}_probability.tif"
         replaced |= path.exists()
-        write_tiff(path, prob.astype("float32"))
+        write_tiff(path, prob.astype("float32"), pixel_size=pixel_size)
         written.append(path)
     if overlay and labels.ndim == 2:
         from .visualize import outline_overlay
@@ -282,7 +282,8 @@ def _segment_files(paths, out_dir: Path, args) -> int:
                 bar.close()
             summary += f" [{describe_pixel_size(result.pixel_size)}{'; ' + result.size_note if result.size_note else ''}]"
             written, replaced = _write_outputs(out_dir, stem, labels, prob, image,
-                                               save_probability=args.save_probability, overlay=args.overlay)
+                                               save_probability=args.save_probability, overlay=args.overlay,
+                                               pixel_size=result.pixel_size)
             if args.measurements and labels.ndim == 2:
                 written.append(out_dir / f"{stem}_measurements.csv")
                 replaced |= written[-1].exists()

@@ -74,10 +74,15 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode("utf-8"))
 
 
-def write_tiff(path: str | os.PathLike, array: np.ndarray, **kwargs: Any) -> None:
-    """zlib-compressed TIFF, written atomically."""
+def write_tiff(path: str | os.PathLike, array: np.ndarray, *, pixel_size: float | None = None, **kwargs: Any) -> None:
+    """zlib-compressed TIFF, written atomically. With ``pixel_size`` (um per pixel) the
+    resolution tags record it (pixels per centimetre), so the file keeps its pixel size
+    (:func:`napari_minenet.pixel_size.read_pixel_size` reads it back)."""
     import tifffile
 
+    if pixel_size:
+        kwargs.setdefault("resolution", (1e4 / pixel_size, 1e4 / pixel_size))
+        kwargs.setdefault("resolutionunit", "CENTIMETER")
     buf = io.BytesIO()
     tifffile.imwrite(buf, array, compression="zlib", **kwargs)
     atomic_write_bytes(path, buf.getvalue())
