@@ -12,7 +12,13 @@ from scipy import ndimage as ndi
 from skimage.draw import disk
 
 from napari_minenet.data import InputError, TrainingExample
-from napari_minenet.edits import correction_acceptance, correction_scores, edited_pixels, find_corrections
+from napari_minenet.edits import (
+    JudgeRule,
+    correction_acceptance,
+    correction_scores,
+    edited_pixels,
+    find_corrections,
+)
 from napari_minenet.examples import ExampleStore
 from napari_minenet.finetuning import FinetuneConfig, finetune
 from napari_minenet.patches import PatchSampler
@@ -104,6 +110,9 @@ def test_resizing_a_binary_example_invents_no_edits():
     assert find_corrections(small.before, small.mask, objects=False).count == 1
 
 
+RULE = JudgeRule(min_loss_drop=0.02, min_agreement_gain=0.0, max_rest_changed=0.02)
+
+
 def test_correction_scores_count_fixed_broken_and_rest():
     before = _blobs([(20, 20), (60, 60)])
     after = before.copy()
@@ -120,27 +129,46 @@ def test_correction_scores_count_fixed_broken_and_rest():
     assert (s.held_out, s.fixed, s.broken, s.parent_fixed) == (2, 2, 0, 0)
     assert s.rest_changed_fraction == 0.0 and s.loss_drop > 0.5
     assert "2 corrections it did not see" in s.summary() and "2 fixed outright" in s.summary()
-    ok, why = correction_acceptance(s, 0.02, 0.02)
+    ok, why = correction_acceptance(s, RULE)
     assert ok and "2 fixed outright" in why and "closer to them" in why
     # one that moves a little towards them without flipping any: kept on the loss
     near_prob = np.where(corrected & ~parent, 0.3, np.where(parent & ~corrected, 0.7, parent_prob))
     s = correction_scores(parent, parent, corrected, corr, [1, 2], candidate_prob=near_prob, parent_prob=parent_prob)
     assert s.fixed == 0 and s.loss_drop > 0.02
-    assert correction_acceptance(s, 0.02, 0.02)[0]
+    assert correction_acceptance(s, RULE)[0]
     # one that ignores them and also drops the untouched nucleus
     bad = parent.copy()
     bad[before == 2] = False
     s = correction_scores(bad, parent, corrected, corr, [1, 2], candidate_prob=np.where(bad, 0.9, 0.1),
                           parent_prob=parent_prob)
     assert s.fixed == 0 and s.rest_changed > 0 and s.rest_changed_fraction > 0.01
-    ok, why = correction_acceptance(s, 0.02, 0.02)
+    ok, why = correction_acceptance(s, RULE)
     assert not ok and "0 fixed outright" in why and "not close enough" in why
     # close to the corrections but changing much of the rest
     drifted = corrected.copy()
     drifted[75:95, 0:40] = True  # foreground where nobody corrected anything
     s = correction_scores(drifted, parent, corrected, corr, [1, 2], candidate_prob=good_prob, parent_prob=parent_prob)
-    ok, why = correction_acceptance(s, 0.02, 0.02)
+    ok, why = correction_acceptance(s, RULE)
     assert not ok and "of what you did not correct" in why
+    # the vessels kind of rule: closer on the loss is not enough, the edited pixels must flip
+    s = correction_scores(parent, parent, corrected, corr, [1, 2], candidate_prob=near_prob, parent_prob=parent_prob)
+    ok, why = correction_acceptance(s, JudgeRule(min_loss_drop=0.0, min_agreement_gain=0.08))
+    assert not ok and "reproduces too little" in why and s.agreement_gain == 0.0
+    s = correction_scores(corrected, parent, corrected, corr, [1, 2], candidate_prob=good_prob, parent_prob=parent_prob)
+    assert s.agreement_gain == 1.0 and "right on 100 % of their pixels (was 0 %)" in s.summary()
+    assert correction_acceptance(s, JudgeRule(min_loss_drop=0.0, min_agreement_gain=0.08))[0]
+
+
+def test_judge_rules_per_task_and_overrides():
+    from napari_minenet.finetuning import JUDGE_RULES
+
+    cfg = FinetuneConfig()
+    assert cfg.judge_rule("nuclei") == JUDGE_RULES["nuclei"]
+    assert cfg.judge_rule("vessels").min_agreement_gain > cfg.judge_rule("nuclei").min_agreement_gain
+    assert cfg.judge_rule("lesion") == JUDGE_RULES["nuclei"]  # not measured: the stricter rule
+    assert FinetuneConfig(min_loss_drop=0.5).judge_rule("vessels").min_loss_drop == 0.5
+    assert FinetuneConfig(min_loss_drop=0.5).judge_rule("vessels").min_agreement_gain == JUDGE_RULES[
+        "vessels"].min_agreement_gain
 
 
 def test_simulated_user_paints_missed_erases_false_and_splits():
