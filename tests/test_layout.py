@@ -24,6 +24,11 @@ def test_readme_layout_names_every_module():
     block = _layout_block()
     named = set(re.findall(r"[\w]+\.(?:py|yaml)\b", block))
     missing = [m for m in modules if m not in named]
+    for sub in sorted(d for d in package.iterdir() if (d / "__init__.py").is_file()):
+        if f"{sub.name}/" not in block:
+            missing.append(f"{sub.name}/")
+        missing += [f"{sub.name}/{m.name}" for m in sorted(sub.glob("*.py")) if m.name not in named]
+        modules += [m.name for m in sub.glob("*.py")]
     assert not missing, f"README.md's Layout does not list: {missing}"
     stale = sorted(n for n in named if n.endswith(".py") and n not in modules)
     assert not stale, f"README.md's Layout lists modules that do not exist: {stale}"

@@ -298,8 +298,8 @@ def test_correct_add_example_and_finetune_selects_new_version(make_napari_viewer
     learn.config_overrides = {"lr": 5e-3, "l2sp": 0.0, "batch_size": 2, "patch_size": 96}
     # the plumbing, not the judge (tests/test_learning_from_edits.py tests the judge): an
     # untrained parent's corrections are one big region, so let the candidate through
-    monkeypatch.setattr(finetuning, "correction_acceptance", lambda *a, **k: (True, "the new version passes"))
-    monkeypatch.setattr(finetuning, "MIN_CORRECTIONS", 1)
+    monkeypatch.setattr(finetuning.from_corrections, "correction_acceptance", lambda *a, **k: (True, "the new version passes"))
+    monkeypatch.setattr(finetuning.from_corrections, "MIN_CORRECTIONS", 1)
     learn.start_finetune(max_seconds=8)
     qtbot.waitUntil(lambda: learn.worker is None, timeout=120_000)
     # the kept version re-segments the image and says what changed

@@ -278,7 +278,7 @@ class JudgeRule:
     share of the pixels nobody corrected that it changes, beyond the parent's own
     disagreement there. The values per task come from simulated users on data the model was
     trained on (nothing to gain there, so a candidate must beat what those runs reach) and
-    on data it never saw: ``finetuning.JUDGE_RULES``, docs/training.md.
+    on data it never saw: ``finetuning.config.JUDGE_RULES``, docs/training.md.
     """
 
     min_loss_drop: float = 0.2

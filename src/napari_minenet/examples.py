@@ -164,7 +164,7 @@ class ExampleStore:
         """Save an (image crop, corrected labels) pair; returns its record.
 
         ``before``: the labels the model predicted on the crop before the user corrected
-        them; fine-tuning learns from where the two differ (finetuning.py).
+        them; fine-tuning learns from where the two differ (finetuning/from_corrections.py).
         """
         image = check_image(np.asarray(image), name="example image")
         labels = _checked_labels(labels, "labels")

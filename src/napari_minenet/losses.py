@@ -102,7 +102,7 @@ class MiniNetLoss(nn.Module):
 
 
 class CorrectionLoss(nn.Module):
-    """The fine-tuning loss for corrected examples (finetuning.py): a per-pixel BCE on every
+    """The fine-tuning loss for corrected examples (finetuning/from_corrections.py): a per-pixel BCE on every
     output channel, weighted by ``weight`` (N, 1, H, W). The targets are the corrected
     labels inside corrections and the parent's probabilities (soft targets) elsewhere.
 
