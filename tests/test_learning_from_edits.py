@@ -339,12 +339,15 @@ def test_finetune_from_edits_refuses_examples_without_corrections():
         run_to_end(finetune(parent, examples, FinetuneConfig(max_seconds=2, batch_size=2, patch_size=64)))
 
 
-def test_finetune_from_too_few_edits_keeps_the_parent(tmp_path):
+def test_finetune_from_too_few_edits_says_so_before_training(tmp_path):
     parent = _nuclei_model()
     examples = _edited_examples(n=1, k=2)
-    result = run_to_end(finetune(parent, examples, FinetuneConfig(max_seconds=2, batch_size=2, patch_size=64,
-                                                                   max_steps=2), output=tmp_path / "c"))
-    assert not result.accepted and "at least 3" in result.reason and result.saved_to is None
+    records = []
+    with pytest.raises(InputError, match="2 correction.*at least 3"):
+        run_to_end(finetune(parent, examples, FinetuneConfig(max_seconds=30, batch_size=2, patch_size=64),
+                            output=tmp_path / "c"), records.append)
+    assert not any(r.kind == "step" for r in records)  # not a single training step was spent
+    assert not (tmp_path / "c.safetensors").exists()
 
 
 def test_correction_loss_is_smallest_at_the_soft_target():

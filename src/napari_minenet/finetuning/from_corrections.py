@@ -58,8 +58,9 @@ class _EditPlan:
 
 
 def _plan_edits(parent_model, examples, cfg: FinetuneConfig, dev, cancel) -> _EditPlan:
-    """Find the corrections, choose the held-out ones (``cfg.held_out_corrections`` of them,
-    none below ``MIN_CORRECTIONS``) and predict each example with the parent once."""
+    """Find the corrections, choose the held-out ones (``cfg.held_out_corrections`` of them;
+    fewer than ``MIN_CORRECTIONS`` in all is an error) and predict each example with the
+    parent once."""
     card = parent_model.card
     corrections = [None if ex.before is None else find_corrections(
         ex.before, ex.labels if ex.labels is not None else ex.mask, objects=card.instances) for ex in examples]
@@ -67,7 +68,11 @@ def _plan_edits(parent_model, examples, cfg: FinetuneConfig, dev, cancel) -> _Ed
     if not keys:
         raise InputError("the examples hold no corrections: their labels are what the model predicted. Paint the "
                          "objects it missed and erase the wrong ones before adding an example")
-    n_held = max(1, int(round(len(keys) * cfg.held_out_corrections))) if len(keys) >= MIN_CORRECTIONS else 0
+    if len(keys) < MIN_CORRECTIONS:  # say so before the user waits for a version that cannot be judged
+        raise InputError(f"{len(keys)} correction(s) in the examples; fine-tuning needs at least {MIN_CORRECTIONS}: it "
+                         "learns from two thirds of them and checks the new version on the rest. Correct a few more "
+                         "objects and add them as examples")
+    n_held = max(1, int(round(len(keys) * cfg.held_out_corrections)))
     held_keys = {keys[j] for j in np.random.default_rng(cfg.seed).permutation(len(keys))[:n_held]}
     held = [sorted(k for i, k in held_keys if i == e) for e in range(len(examples))]
     parent_probs, targets = [], []
@@ -137,15 +142,9 @@ def learn_from_edits(parent_model, child, examples, cfg, dev, cancel, pause):
     yield TrainingProgress("setup", 0, 0, cfg.max_steps, 0.0,
                            message=f"{plan.count} corrections in {len(examples)} example(s), {n_held} held out to "
                                    "judge the new version")
-    first = cfg.max_seconds * cfg.judge_fraction if n_held else cfg.max_seconds
-    first_steps = round(cfg.max_steps * cfg.judge_fraction) if n_held else cfg.max_steps
     result = yield from fit_for(child, _edit_sampler(plan, examples, card, cfg, include_held=False), [], cfg,
-                             parent_model, dev, first, cancel, pause, keep="last", loss_fn=CorrectionLoss(),
-                             max_steps=first_steps)
-    if not n_held:
-        reason = (f"only {plan.count} correction(s): at least {MIN_CORRECTIONS} are needed so the new version can be "
-                  "checked on corrections it did not learn from")
-        return Outcome(False, reason, {}, {}, result, result.elapsed, {"corrections": setup})
+                                parent_model, dev, cfg.max_seconds * cfg.judge_fraction, cancel, pause, keep="last",
+                                loss_fn=CorrectionLoss(), max_steps=round(cfg.max_steps * cfg.judge_fraction))
     yield TrainingProgress("checking", 0, result.steps, cfg.max_steps, result.elapsed,
                            message=f"checking the new version on the {n_held} corrections it did not learn from")
     scores = _judge(child, plan, examples, dev, cancel, plan.held)
