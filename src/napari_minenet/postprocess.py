@@ -319,6 +319,7 @@ def split_instances(
     """
     labels = np.zeros(mask.shape, np.uint32)
     n = int(ndi.label(mask, output=labels))
+    del mask  # (a caller that passes a temporary mask gets its memory back here)
     if n == 0:
         return labels
     min_keep = max(1, int(min_size))
@@ -331,7 +332,7 @@ def split_instances(
     for index, sl in enumerate(ndi.find_objects(labels), start=1):
         if sl is None or sizes[index] < min_area:
             continue  # too small to hold two objects; tiny ones are removed at the end
-        sl = tuple(slice(max(0, s.start - 1), min(dim, s.stop + 1)) for s, dim in zip(sl, mask.shape))
+        sl = tuple(slice(max(0, s.start - 1), min(dim, s.stop + 1)) for s, dim in zip(sl, labels.shape))
         a = (sl[0].stop - sl[0].start + _GAP) * (sl[1].stop - sl[1].start + _GAP)
         if batch and batch_area + a > _ATLAS_PIXELS:
             boxes.append(batch)
@@ -367,10 +368,10 @@ def labels_from_probability(
         raise ValueError(f"probability must be 2-D (H, W), got shape {probability.shape}")
     if contour is not None and contour.shape != probability.shape:
         raise ValueError(f"contour {contour.shape} and probability {probability.shape} differ in shape")
-    if instances:  # holes are filled object by object (bounded memory)
-        mask = threshold_mask(probability, threshold, keep_largest=keep_largest)
-        return split_instances(mask, contour, probability if contour is not None else None,
-                               contour_threshold=contour_threshold, min_size=min_size, fill_holes=fill_holes)
+    if instances:  # holes are filled object by object (bounded memory); the mask is freed once labelled
+        return split_instances(threshold_mask(probability, threshold, keep_largest=keep_largest), contour,
+                               probability if contour is not None else None, contour_threshold=contour_threshold,
+                               min_size=min_size, fill_holes=fill_holes)
     mask = threshold_mask(probability, threshold, fill_holes=fill_holes, keep_largest=keep_largest)
     if min_size > 0:
         cc = np.zeros(mask.shape, np.uint32)
