@@ -130,6 +130,17 @@ def test_layer_pixel_size_from_scale_units_or_metadata():
     assert layer_pixel_size(from_reader) == 0.2525
 
 
+def test_layer_pixel_size_from_the_file_napari_opened(tmp_path):
+    path = tmp_path / "res.tif"
+    tifffile.imwrite(path, IMAGE, photometric="rgb", resolution=(40_000, 40_000), resolutionunit="CENTIMETER")
+    opened = SimpleNamespace(scale=(1.0, 1.0), units=("pixel", "pixel"), metadata={},
+                             source=SimpleNamespace(path=str(path)))
+    assert layer_pixel_size(opened) == pytest.approx(0.25)
+    rescaled = SimpleNamespace(scale=(2.0, 2.0), units=("pixel", "pixel"), metadata={},
+                               source=SimpleNamespace(path=str(path)))
+    assert layer_pixel_size(rescaled) is None  # scaled by hand in pixels: the file's size no longer applies
+
+
 # --------------------------------------------------------------------------- segment(pixel_size=...)
 
 

@@ -219,3 +219,7 @@ def test_the_reader_s_scale_reaches_the_widget_s_pixel_size(tmp_path, make_napar
     control = PixelSizeControl()
     control.set_layer(layer)
     assert control.pixel_size() == pytest.approx(0.25) and control.specialValueText() == "auto: 0.25 um (image)"
+    [builtin] = viewer.open(str(path), plugin="napari")  # napari's own reader: scale 1 px
+    assert tuple(builtin.scale) == (1.0, 1.0)
+    control.set_layer(builtin)
+    assert control.pixel_size() == pytest.approx(0.25)  # read from the file the layer came from

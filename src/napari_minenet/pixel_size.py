@@ -203,7 +203,9 @@ def _dpi_pixel_size(p: Path) -> float | None:
 def layer_pixel_size(layer) -> float | None:
     """The pixel size of a napari image layer in um: ``layer.scale`` along x when the
     layer's units along x are a length (napari >= 0.6 has ``layer.units``), else
-    ``metadata["mpp"]`` (this plugin's reader). Duck-typed: napari is not imported."""
+    ``metadata["mpp"]`` (this plugin's reader), else what the file the layer was opened
+    from records (napari's own reader keeps the scale at 1 px). Duck-typed: napari is not
+    imported."""
     scale = getattr(layer, "scale", None)
     units = getattr(layer, "units", None)
     if scale is not None and units is not None and len(units) and len(scale):
@@ -213,4 +215,10 @@ def layer_pixel_size(layer) -> float | None:
             if value is not None:
                 return value
     metadata = getattr(layer, "metadata", None) or {}
-    return checked_pixel_size(metadata.get("mpp")) if isinstance(metadata, dict) else None
+    value = checked_pixel_size(metadata.get("mpp")) if isinstance(metadata, dict) else None
+    if value is not None:
+        return value
+    source = getattr(getattr(layer, "source", None), "path", None)
+    if source and (scale is None or not len(scale) or float(scale[-1]) == 1.0):  # a rescaled layer: unknown
+        return read_pixel_size(source)
+    return None
