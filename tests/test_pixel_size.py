@@ -331,3 +331,11 @@ def test_slide_geojson_and_csv_carry_um(tmp_path):
     writer.add(table.keys, table)
     rows = list(csv.DictReader(open(writer.close())))
     assert float(rows[0]["area_um2"]) == pytest.approx(25.0) and "centroid_x_um" in rows[0]
+
+
+def test_whole_slides_far_from_the_model_pixel_size_get_a_warning():
+    card = SimpleNamespace(name="nuclei", pixel_size_um=0.25)
+    assert auto_size.unresampled_slide_note(card, 0.2525) is None
+    assert auto_size.unresampled_slide_note(card, None) is None
+    assert "0.5 um per pixel" in auto_size.unresampled_slide_note(card, 0.5)
+    assert auto_size.unresampled_slide_note(SimpleNamespace(name="v", pixel_size_um=None), 0.5) is None

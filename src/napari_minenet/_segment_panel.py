@@ -39,6 +39,7 @@ from qtpy.QtWidgets import (
 from . import _qt_common as common
 from ._layer_data import ImageRegion, image_region, layer_lead_shape
 from ._pixel_size_control import PixelSizeControl
+from .auto_size import unresampled_slide_note
 from .data import GreyImageWarning, InputError
 from .files import atomic_write_bytes
 from .inference import Cancelled, device_report
@@ -486,6 +487,9 @@ class SegmentPanel(QWidget):
         self.progress_bar.setValue(100)
         self.progress_bar.setFormat("done")
         resumed = f", {out.blocks_resumed} blocks from an earlier run" if out.blocks_resumed else ""
+        note = unresampled_slide_note(self.model.card, out.mpp) if self.model is not None else None
+        if note:
+            common.notify_warning(note[0].upper() + note[1:])
         self.summary_label.setVisible(True)
         self.summary_label.setText(f"{out.count} {self.model.card.object_name if self.model else 'objects'} in "
                                    f"{out.blocks_tissue} tissue blocks ({out.tissue_fraction:.0%} tissue{resumed}); "

@@ -41,7 +41,7 @@ from scipy import ndimage as ndi
 
 __all__ = ["WIDTH_LOW", "WIDTH_HIGH", "MAX_STEPS", "SAMPLE_SIDE", "SizeEstimate", "object_width",
            "reference_width", "size_step", "plan_scale", "post_processes_at_model_scale", "labels_to_shape",
-           "probabilities_to_shape", "estimate_and_segment"]
+           "probabilities_to_shape", "estimate_and_segment", "unresampled_slide_note"]
 
 WIDTH_LOW = 0.74
 WIDTH_HIGH = 1.14
@@ -185,3 +185,13 @@ def estimate_and_segment(image: np.ndarray, card, run: Callable[[np.ndarray, flo
     if not whole:
         result = run(image, scale)
     return result, estimate
+
+
+def unresampled_slide_note(card, mpp: float | None) -> str | None:
+    """A warning when a whole slide's pixel size is far (over 1.4x) from the model's: the
+    slide engine segments slides at their own scale (it does not resample yet)."""
+    if not mpp or not card.pixel_size_um or abs(math.log(mpp / card.pixel_size_um)) <= math.log(1.4):
+        return None
+    return (f"this slide has {mpp:.3g} um per pixel and model {card.name!r} was trained at {card.pixel_size_um:.3g}: "
+            "whole slides are segmented at their own scale (not resampled), so expect poorer results; "
+            "segment regions with segment() / the Whole image option, which resample")

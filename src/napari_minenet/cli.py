@@ -331,6 +331,11 @@ def _segment_slide_file(path: Path, out_dir: Path, stem: str, model, args) -> No
     print(f"{path.name}: {result.count} {name} in {result.shape[0]} x {result.shape[1]} px{mpp} "
           f"({result.tissue_fraction:.0%} tissue, {result.blocks_tissue} of {result.blocks_total} blocks, "
           f"{how}{result.seconds:.0f} s) -> {', '.join(str(p) for p in result.outputs)}")
+    from .auto_size import unresampled_slide_note
+
+    note = unresampled_slide_note(model.card, result.mpp)
+    if note:
+        print(f"note: {note}", file=sys.stderr)
     if result.oversized:
         print(f"note: {result.oversized} objects reached the edge of their block's halo and may be cut; "
               "a larger --block-size keeps them whole", file=sys.stderr)
