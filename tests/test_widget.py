@@ -18,6 +18,7 @@ import napari_minenet._qt_common as common  # noqa: E402
 from napari_minenet import finetuning, inference  # noqa: E402
 from napari_minenet._widget import MiniNetWidget  # noqa: E402
 from napari_minenet.examples import ExampleStore  # noqa: E402
+from napari_minenet.finetuning import FinetuneConfig  # noqa: E402
 from napari_minenet.zoo import ModelCard, SegmentationModel, save_model, user_models_dir  # noqa: E402
 
 pytestmark = pytest.mark.gui
@@ -295,7 +296,7 @@ def test_correct_add_example_and_finetune_selects_new_version(make_napari_viewer
     viewer, widget = _segment_and_correct(make_napari_viewer, qtbot, tmp_path, parent)
     learn, panel = widget.learn_panel, widget.segment_panel
     learn.resegment_check.setChecked(True)
-    learn.config_overrides = {"lr": 5e-3, "l2sp": 0.0, "batch_size": 2, "patch_size": 96}
+    learn.settings = FinetuneConfig(lr=5e-3, l2sp=0.0, batch_size=2, patch_size=96)
     # the plumbing, not the judge (tests/test_learning_from_edits.py tests the judge): an
     # untrained parent's corrections are one big region, so let the candidate through
     monkeypatch.setattr(finetuning.from_corrections, "correction_acceptance", lambda *a, **k: (True, "the new version passes"))
@@ -317,12 +318,27 @@ def test_correct_add_example_and_finetune_selects_new_version(make_napari_viewer
     assert panel.model.card.name == "testnuclei"
 
 
-def test_cancel_finetune_keeps_previous_model(make_napari_viewer, qtbot, tmp_path, notes):
+def test_too_few_corrections_says_what_to_do_before_training(make_napari_viewer, qtbot, tmp_path, notes):
+    parent = _make_model()
+    viewer, widget = _segment_and_correct(make_napari_viewer, qtbot, tmp_path, parent)
+    learn = widget.learn_panel
+    learn.settings = FinetuneConfig(batch_size=2, patch_size=96)
+    learn.start_finetune(max_seconds=120)
+    qtbot.waitUntil(lambda: learn.worker is None, timeout=60_000)
+    assert any("Cannot fine-tune yet" in m and "at least 3" in m for m in notes["warning"]), notes
+    assert not notes["error"] and len(learn.loss_plot.train) == 0  # no training step was spent
+    assert learn.progress_bar.format() == "not started"
+    assert widget.segment_panel.model.card.name == "testnuclei"
+    assert not list(user_models_dir().glob("testnuclei-ft-*"))
+
+
+def test_cancel_finetune_keeps_previous_model(make_napari_viewer, qtbot, tmp_path, notes, monkeypatch):
     parent = _make_model()
     parent_hash = _sha(parent)
     viewer, widget = _segment_and_correct(make_napari_viewer, qtbot, tmp_path, parent)
     learn, panel = widget.learn_panel, widget.segment_panel
-    learn.config_overrides = {"batch_size": 2, "patch_size": 96}
+    learn.settings = FinetuneConfig(batch_size=2, patch_size=96)
+    monkeypatch.setattr(finetuning.from_corrections, "MIN_CORRECTIONS", 1)  # the untrained parent: one correction
     learn.start_finetune(max_seconds=120)
     qtbot.waitUntil(lambda: len(learn.loss_plot.train) >= 2, timeout=60_000)
     learn.cancel()
@@ -334,12 +350,13 @@ def test_cancel_finetune_keeps_previous_model(make_napari_viewer, qtbot, tmp_pat
     assert not list(user_models_dir().glob("testnuclei-ft-*"))
 
 
-def test_closing_napari_during_finetune(make_napari_viewer, qtbot, tmp_path):
+def test_closing_napari_during_finetune(make_napari_viewer, qtbot, tmp_path, monkeypatch):
     parent = _make_model()
     parent_hash = _sha(parent)
     viewer, widget = _segment_and_correct(make_napari_viewer, qtbot, tmp_path, parent)
     learn = widget.learn_panel
-    learn.config_overrides = {"batch_size": 2, "patch_size": 96}
+    learn.settings = FinetuneConfig(batch_size=2, patch_size=96)
+    monkeypatch.setattr(finetuning.from_corrections, "MIN_CORRECTIONS", 1)  # the untrained parent: one correction
     learn.start_finetune(max_seconds=120)
     qtbot.waitUntil(lambda: len(learn.loss_plot.train) >= 1, timeout=60_000)
     worker = learn.worker
@@ -636,7 +653,7 @@ def test_a_grey_image_on_a_colour_model_warns_in_the_viewer(make_napari_viewer, 
     assert not notes["warning"], notes["warning"]
 
 
-def test_the_trainer_in_the_window_runs_at_headless_speed(make_napari_viewer, qtbot, tmp_path):
+def test_the_trainer_in_the_window_runs_at_headless_speed(make_napari_viewer, qtbot, tmp_path, monkeypatch):
     """Fine-tuning in a shown napari window gets >= 80 % of the training steps per second
     that headless ``finetune`` gets on the same examples (the window must not steal the
     trainer's CPU). Best of three alternating trials, to be fair to a busy machine."""
@@ -648,7 +665,8 @@ def test_the_trainer_in_the_window_runs_at_headless_speed(make_napari_viewer, qt
     viewer.window.show()
     learn = widget.learn_panel
     overrides = {"batch_size": 4, "patch_size": 96}
-    learn.config_overrides = dict(overrides)
+    learn.settings = FinetuneConfig(**overrides)
+    monkeypatch.setattr(finetuning.from_corrections, "MIN_CORRECTIONS", 1)  # the untrained parent: one correction
     examples = learn.store.load()
     # warm up torch (first-use allocations, thread pool) outside the measurement
     run_to_end(finetune(parent, examples, FinetuneConfig(max_seconds=1, **overrides), output=tmp_path / "warm"))

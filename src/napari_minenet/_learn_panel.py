@@ -6,6 +6,7 @@ Only layers, controls and threads live here; the examples folder is
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 import weakref
@@ -172,8 +173,9 @@ class LearnPanel(QWidget):
         self._last_ui_update = 0.0
         self._last_record = None
         self._previous_labels = None  # labels before the re-segmentation that follows a kept version
-        #: FinetuneConfig fields to override (advanced use and tests)
-        self.config_overrides: dict[str, Any] = {}
+        #: what fine-tuning starts from; the budget box and the device picker set their fields
+        #: (scripting from napari's console can change the rest, e.g. the learning rate)
+        self.settings = FinetuneConfig()
 
         self.hint = QLabel(
             "Brush in missed objects, erase wrong ones; then add the corrected area."
@@ -456,8 +458,8 @@ class LearnPanel(QWidget):
             common.notify_error(f"Cannot read the examples: {exc}")
             return
         budget = float(max_seconds if max_seconds else self.budget_spin.value())
-        cfg = FinetuneConfig(max_seconds=budget, device=self.segment_panel.device_combo.currentData(),
-                             **self.config_overrides)
+        cfg = dataclasses.replace(self.settings, max_seconds=budget,
+                                  device=self.segment_panel.device_combo.currentData())
         cancel, pause = threading.Event(), threading.Event()
         self._cancel_event, self._pause_event = cancel, pause
         sources = [f"{self.store.folder}/{r.id}" for r in self.store.records]
@@ -556,6 +558,12 @@ class LearnPanel(QWidget):
         if isinstance(out, common.Failed) and isinstance(out.error, Cancelled):
             self.progress_bar.setFormat("cancelled")
             common.notify_info("Fine-tuning cancelled; the selected model is unchanged.")
+            return
+        if isinstance(out, common.Failed) and isinstance(out.error, InputError):
+            # the examples cannot be learnt from as they are (too few corrections, none at
+            # all...): what to do, not a failure report
+            self.progress_bar.setFormat("not started")
+            common.notify_warning(f"Cannot fine-tune yet: {out}")
             return
         if isinstance(out, common.Failed):
             self.progress_bar.setFormat("failed")
