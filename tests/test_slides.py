@@ -71,7 +71,8 @@ def one_tile_reference(one_tile_slide, tmp_path_factory):
         image = slide.read(0, 1024, 0, 1024)
     out = tmp_path_factory.mktemp("ref")
     result = segment_slide(path, "nuclei", out / "one.zarr", options=BLOCK, statistics_tiles=[image])
-    return image, segment(image, "nuclei").labels, _labels(result)
+    # (the precision the engine runs in: this compares blocks and stitching, not bf16 against fp32)
+    return image, segment(image, "nuclei", precision=BLOCK.precision).labels, _labels(result)
 
 
 def _labels(result) -> np.ndarray:
