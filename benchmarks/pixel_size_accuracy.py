@@ -18,6 +18,7 @@ images, then per image); ``--json`` writes it all.
 from __future__ import annotations
 
 import argparse
+import inspect
 import time
 from pathlib import Path
 
@@ -33,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scales", type=float, nargs="+", default=[1.0, 0.5, 2.0])
     parser.add_argument("--modes", nargs="+", default=["given", "auto"], choices=["given", "auto", "none"])
     parser.add_argument("--ids", nargs="+", help="image ids (default: the card's validation ids)")
+    parser.add_argument("--precision", default=None, help="fp32, bf16 or auto (default: segment()'s default)")
     add_common_arguments(parser)
     args = parser.parse_args(argv)
     threads = configure_threads(args.threads)
@@ -56,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
             for mode in args.modes:
                 pixel_size = {"given": card.pixel_size_um / k, "auto": "auto", "none": None}[mode]
                 t0 = time.perf_counter()
-                result = segment(image, model, pixel_size=pixel_size, device=args.device)
+                options = {"precision": args.precision} if args.precision else {}
+                result = segment(image, model, pixel_size=pixel_size, device=args.device, **options)
                 seconds = time.perf_counter() - t0
                 m = pixel_metrics(result.labels > 0, truth > 0)
                 m.update(instance_metrics(result.labels, truth))
@@ -66,7 +69,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{ex.id} k={k:g} {mode:<5} F1 {m['f1']:.4f} AJI {m['aji']:.4f} resampled x{result.scale:g} "
                       f"{seconds:.1f} s {result.size_note}", flush=True)
 
-    print(f"\n{card.name}, {len(examples)} images, {threads} threads; F1 / AJI (mean over images)\n")
+    precision = args.precision or inspect.signature(segment).parameters["precision"].default
+    print(f"\n{card.name}, {len(examples)} images, {threads} threads, precision {precision}; "
+          "F1 / AJI (mean over images)\n")
     titles = {"given": "pixel size given", "auto": "auto size", "none": "as it comes"}
     print("| image scale | " + " | ".join(titles[m] for m in args.modes) + " | auto: resampled (per image) |")
     print("|---|" + "---|" * len(args.modes) + "---|")
@@ -84,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         print("\ndifference from native (pixel size given): F1 / AJI")
         for (k, mode), (f1, aji) in means.items():
             print(f"  {k:g}x {mode}: {f1 - f1_0:+.4f} / {aji - aji_0:+.4f}")
-    write_json(args.json, {"model": card.name, "data": args.data, "threads": threads, "rows": rows,
+    write_json(args.json, {"model": card.name, "data": args.data, "threads": threads, "precision": precision,
+                           "rows": rows,
                            "means": {f"{k:g}x {mode}": v for (k, mode), v in means.items()}})
     return 0
 
