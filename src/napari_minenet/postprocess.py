@@ -11,7 +11,7 @@ which separates touching nuclei a binary mask cannot. Each component is split on
 (as if alone), but the crops of many components are packed into one array (an atlas) so
 that every step is one call over thousands of objects instead of one Python call per
 object; the dynamics of the maxima (which maxima are h-maxima) come from one watershed and
-a union-find over maxima. Memory is the output plus one atlas (at most ~4 Mpx), and
+a union-find over maxima. Memory is the output plus one atlas (at most ~0.5 Mpx), and
 components with a single seed are left untouched.
 """
 
@@ -90,8 +90,9 @@ def _renumber(labels: np.ndarray, min_size: int) -> np.ndarray:
 #: zero pixels between two crops in an atlas: more than the 4-pixel radius of the Gaussian
 #: (sigma 1, truncated at 4 sigma) together with each crop's own 1-pixel margin
 _GAP = 2
-#: pixels per atlas (bounds the float64 distance maps to ~32 MiB each, whatever the image size)
-_ATLAS_PIXELS = 1 << 22
+#: pixels per atlas: bounds its float64 maps to 4 MiB each whatever the image size; smaller atlases are
+#: also faster (2048^2 H&E mosaic: 0.64 s with 4 Mpx atlases, 0.48 s with 1 Mpx, 0.47 s with 0.5 Mpx)
+_ATLAS_PIXELS = 1 << 19
 
 
 def _pack(shapes: list[tuple[int, int]], width: int) -> tuple[list[tuple[int, int]], tuple[int, int]]:
@@ -313,7 +314,7 @@ def split_instances(
     Connected components are labelled once; components big enough to hold two objects
     (>= 16 px and >= ``min_size``; without contours, seeds only from 30 px) are examined, each on
     its own crop (holes filled there when ``fill_holes``), but many crops at a time: they
-    are packed into one array (an atlas of at most ~4 Mpx) and every step is one call over
+    are packed into one array (an atlas of at most ~0.5 Mpx) and every step is one call over
     it. Memory is the output plus one atlas. Objects smaller than ``min_size`` pixels are
     removed.
     """
