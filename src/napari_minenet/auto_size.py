@@ -120,14 +120,17 @@ def labels_to_shape(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 def probabilities_to_shape(probs: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Bilinear resize of (C, H, W) probability maps; the dtype is kept."""
+    """Bilinear resize of (C, H, W) probability maps; the dtype is kept (one channel at a
+    time, so a float16 map of a large image is never whole in float32 twice)."""
     if probs.shape[1:] == tuple(shape):
         return probs
     import torch
 
-    t = torch.from_numpy(np.ascontiguousarray(probs, dtype=np.float32))[None]
-    out = torch.nn.functional.interpolate(t, size=tuple(shape), mode="bilinear", align_corners=False)[0]
-    return out.numpy().astype(probs.dtype, copy=False)
+    out = np.empty((probs.shape[0], *shape), probs.dtype)
+    for c in range(probs.shape[0]):
+        t = torch.from_numpy(np.ascontiguousarray(probs[c], dtype=np.float32))[None, None]
+        out[c] = torch.nn.functional.interpolate(t, size=tuple(shape), mode="bilinear", align_corners=False)[0, 0]
+    return out
 
 
 @dataclass
