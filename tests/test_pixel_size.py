@@ -339,3 +339,16 @@ def test_whole_slides_far_from_the_model_pixel_size_get_a_warning():
     assert auto_size.unresampled_slide_note(card, None) is None
     assert "0.5 um per pixel" in auto_size.unresampled_slide_note(card, 0.5)
     assert auto_size.unresampled_slide_note(SimpleNamespace(name="v", pixel_size_um=None), 0.5) is None
+
+
+def test_labels_and_probabilities_come_back_on_the_image_grid():
+    labels = np.zeros((8, 10), np.uint32)
+    labels[2:6, 4:8] = 7
+    up = auto_size.labels_to_shape(labels, (16, 20))
+    assert up.shape == (16, 20) and up.dtype == np.uint32 and set(np.unique(up)) == {0, 7}
+    assert (up == 7).sum() == 4 * (labels == 7).sum()
+    assert np.array_equal(auto_size.labels_to_shape(up, (8, 10)), labels)
+    probs = np.stack([np.full((8, 10), 0.25, np.float16), np.linspace(0, 1, 80, dtype=np.float16).reshape(8, 10)])
+    back = auto_size.probabilities_to_shape(probs, (4, 5))
+    assert back.shape == (2, 4, 5) and back.dtype == np.float16
+    assert np.allclose(back[0], 0.25) and 0 <= back[1].min() < back[1].max() <= 1
