@@ -8,6 +8,9 @@ What is measured (one process, same machine state for every row):
   within it ``prepare`` (Normalizer + AdaBN + BN folding), and post-processing
   (``labels_from_probability`` with the card's options) on the predicted maps;
 * reference (a): the MONAI U-Net through the same ``predict_tiled`` path;
+* reference (c): StarDist (the tool users would pick; TensorFlow CPU, the ``bench`` extra)
+  with its 2D_versatile_he configuration and random weights (no download here): network
+  alone (``predict``) and end to end (normalisation + ``predict_instances``), same tiles;
 * reference (b): an ilastik-style random forest pixel classifier
   (``multiscale_basic_features`` + ``predict_segmenter``), trained on a 256 x 256 crop with
   sparse scribbles from the synthetic ground truth; timed features + prediction;
@@ -62,6 +65,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="skip the random forest above this size (its features take 288 bytes/pixel)")
     p.add_argument("--no-unet", action="store_true", help="skip reference (a)")
     p.add_argument("--no-rf", action="store_true", help="skip reference (b)")
+    p.add_argument("--no-stardist", action="store_true", help="skip reference (c), StarDist")
+    p.add_argument("--stardist-max-size", type=int, default=2048, help="skip StarDist above this size")
     p.add_argument("--memory-sizes", type=int, nargs="*", default=None,
                    help="sizes for the peak-RSS child processes (default: --sizes)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-RSS child processes")
@@ -194,6 +199,7 @@ def measure_minenet(image, model, args, repeats, device, truth_maps=None) -> dic
         kw["precision"] = args.precision
     seg_s, seg_all, result = median_time(lambda: segment(image, model, **kw), repeats)
     objects = int(result.count)
+    foreground = float(np.count_nonzero(result.labels)) / pixels
     del result
     gc.collect()
     pred_s, _, probs = median_time(lambda: predict_tiled(image, model, **kw), repeats)
@@ -230,6 +236,7 @@ def measure_minenet(image, model, args, repeats, device, truth_maps=None) -> dic
         "precision": precision, "network_s": net_s, "network_mpx_s": mpx_per_s(pixels, net_s),
         "share_of_network": net_s / seg_s,
         "postprocess_s": post_s, "other_s": seg_s - pred_s - post_s, "objects": objects,
+        "foreground_fraction": foreground,
     }
     if truth_maps is not None:
         prob_t, cont_t = truth_maps
@@ -252,6 +259,64 @@ def measure_unet(image, unet, args, device) -> dict:
                                                 overlap=args.overlap, batch_size=args.batch_size),
                           args.unet_repeats)
     return {"predict_s": s, "predict_mpx_s": mpx_per_s(pixels, s), "repeats": args.unet_repeats}
+
+
+# --------------------------------------------------------------------------- StarDist
+
+
+#: StarDist's 2D_versatile_he configuration (its published model: 32 rays, grid 2 x 2, a depth-3 U-Net
+#: with 32 base filters, RGB input); weights are random here unless --stardist-model is given
+STARDIST_CONFIG = dict(n_rays=32, grid=(2, 2), n_channel_in=3)
+
+
+def load_stardist(threads: int):
+    """(model, note) or (None, reason): StarDist2D with the 2D_versatile_he configuration and
+    random weights (no download is possible here); TensorFlow limited to ``threads``."""
+    try:
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+        from stardist.models import Config2D, StarDist2D
+    except Exception as exc:  # the bench extra is not installed
+        return None, f"StarDist unavailable ({type(exc).__name__}: {exc}); pip install 'napari-minenet[bench]'", None
+    import stardist
+
+    tf.keras.utils.set_random_seed(0)
+    model = StarDist2D(Config2D(**STARDIST_CONFIG), name="versatile_he_random", basedir=None)
+    params = int(model.keras_model.count_params())
+    return model, (f"StarDist {stardist.__version__} (TensorFlow {tf.__version__}, {threads} threads), "
+                   f"2D_versatile_he configuration ({params:,} parameters) with RANDOM weights: network timings are "
+                   "real, its NMS runs on random-weight candidates (indicative only)"), params
+
+
+def measure_stardist(image, model, repeats: int, tile: int = 1024, foreground: float = 0.25) -> dict:
+    """Network alone (``model.predict``: probabilities and ray distances over tiles) and end to
+    end (percentile normalisation + ``predict_instances``), the way a StarDist user runs it.
+
+    Random weights give a probability near 0.5 everywhere, so the default threshold would send
+    most grid points to the NMS (tens of thousands of candidates per Mpx, nothing like a trained
+    model). The threshold is set instead so that the fraction of candidate points equals
+    ``foreground``, the fraction of the image Mini-Net labels as nuclei: the NMS then sees as
+    many candidates as a trained model would (placed at random: indicative only)."""
+    from csbdeep.utils import normalize
+
+    pixels = image.shape[0] * image.shape[1]
+    n_tiles = (max(1, round(image.shape[0] / tile)), max(1, round(image.shape[1] / tile)), 1)
+    x = normalize(image, 1, 99.8, axis=(0, 1, 2))
+    net_s, _, (prob, _) = median_time(lambda: model.predict(x, n_tiles=n_tiles, show_tile_progress=False), repeats,
+                                      warmup=1)
+    prob_thresh = float(np.quantile(prob, 1.0 - foreground))
+
+    def end_to_end():
+        xn = normalize(image, 1, 99.8, axis=(0, 1, 2))
+        return model.predict_instances(xn, n_tiles=n_tiles, show_tile_progress=False, prob_thresh=prob_thresh,
+                                       nms_thresh=0.4)[0]
+
+    e2e_s, _, labels = median_time(end_to_end, repeats)
+    return {"network_s": net_s, "network_mpx_s": mpx_per_s(pixels, net_s), "segment_s": e2e_s,
+            "segment_mpx_s": mpx_per_s(pixels, e2e_s), "objects": int(labels.max()), "n_tiles": list(n_tiles),
+            "prob_thresh": prob_thresh, "candidate_fraction": foreground}
 
 
 # --------------------------------------------------------------------------- random forest
@@ -436,6 +501,15 @@ def evaluate_targets(rows: list[dict], memory: list[dict]) -> list[dict]:
                     "met": None if peak is None else peak <= TARGET_RSS, "extrapolated": extrapolated})
     targets.append({"target": "peak RSS of segment on 10000^2 RGB < 2.5 GB (core issue)", "measured": measured,
                     "met": None if peak is None else peak < CORE_RSS, "extrapolated": extrapolated})
+    if r2048 and r2048.get("ratio_stardist_bound"):
+        v = r2048["ratio_stardist_bound"]
+        targets.append({"target": ">= 2x StarDist's end to end throughput (same run, 2048^2)",
+                        "measured": f">= {v:.2f}x (Mini-Net {r2048['segment_mpx_s']:.2f} Mpx/s end to end; StarDist "
+                                    f"<= {r2048['stardist']['network_mpx_s']:.2f}, its network alone)",
+                        "met": v >= 2.0})
+    else:
+        targets.append({"target": ">= 2x StarDist's end to end throughput (same run, 2048^2)",
+                        "measured": "not measured", "met": None})
     with_unet = [r for r in rows if r.get("ratio_unet")]
     if with_unet:
         ref = by_size.get(2048) if by_size.get(2048, {}).get("ratio_unet") else max(with_unet, key=lambda r: r["size"])
@@ -508,6 +582,9 @@ def main(argv=None) -> dict | None:
         print(f"forward FLOPs per pixel: Mini-Net {mini_flops:,.0f}" + (
             f", U-Net {unet_flops:,.0f} ({unet_flops / mini_flops:.0f}x)" if unet_flops else ""))
 
+    sd_model, sd_note, sd_params = (None, "disabled (--no-stardist)", None) if args.no_stardist else \
+        load_stardist(threads)
+    print(f"StarDist: {sd_note}")
     clf, rf_training = None, None
     if not args.no_rf:
         try:
@@ -555,6 +632,21 @@ def main(argv=None) -> dict | None:
         else:
             row["unet"] = measure_unet(image, unet, args, device)
             row["ratio_unet"] = row["predict_mpx_s"] / row["unet"]["predict_mpx_s"]
+        if sd_model is None:
+            row["stardist"] = {"skipped": sd_note}
+        elif size > args.stardist_max_size:
+            row["stardist"] = {"skipped": f"size > --stardist-max-size {args.stardist_max_size}"}
+        else:
+            try:
+                row["stardist"] = measure_stardist(image, sd_model, reps, args.tile_size or card.tile_size,
+                                                   foreground=m["foreground_fraction"])
+                row["ratio_stardist"] = row["segment_mpx_s"] / row["stardist"]["segment_mpx_s"]
+                row["ratio_stardist_network"] = row["network_mpx_s"] / row["stardist"]["network_mpx_s"]
+                # StarDist end to end can be no faster than its network alone: a bound that random weights
+                # cannot distort (its NMS on random candidates can)
+                row["ratio_stardist_bound"] = row["segment_mpx_s"] / row["stardist"]["network_mpx_s"]
+            except Exception as exc:  # one failing reference is a result, not a reason to stop
+                row["stardist"] = {"skipped": f"failed: {type(exc).__name__}: {exc}"[:300]}
         if clf is None:
             row["rf"] = {"skipped": "disabled (--no-rf)" if args.no_rf else "random forest unavailable"}
         elif size > args.rf_max_size:
@@ -607,6 +699,16 @@ def main(argv=None) -> dict | None:
         [[f"{r['size']}^2", r["predict_mpx_s"], ref_cells(r, "unet", "predict_mpx_s")[0],
           f"{r['ratio_unet']:.1f}x" if r.get("ratio_unet") else "-", r["segment_mpx_s"],
           ref_cells(r, "rf", "mpx_s")[0], f"{r['ratio_rf']:.1f}x" if r.get("ratio_rf") else "-"] for r in rows])
+    print_table(
+        "StarDist, same run, same images (" + sd_note + ")",
+        ["size", "Mini-Net network Mpx/s", "StarDist network Mpx/s", "Mini-Net segment Mpx/s",
+         "StarDist predict_instances Mpx/s (random weights)", "Mini-Net segment / StarDist network (bound)",
+         "Mini-Net/StarDist end to end (random weights)", "StarDist objects"],
+        [[f"{r['size']}^2", r["network_mpx_s"], r["stardist"].get("network_mpx_s", r["stardist"].get("skipped")),
+          r["segment_mpx_s"], r["stardist"].get("segment_mpx_s"),
+          f"{r['ratio_stardist_bound']:.2f}x" if r.get("ratio_stardist_bound") else "-",
+          f"{r['ratio_stardist']:.2f}x" if r.get("ratio_stardist") else "-", r["stardist"].get("objects")]
+         for r in rows])
     rf_rows = [r for r in rows if "total_s" in r["rf"]]
     if rf_rows:
         print_table("random forest split (seconds, median)", ["size", "features s", "classify s", "total s"],
@@ -664,6 +766,8 @@ def main(argv=None) -> dict | None:
                   "overlap": card.tile_overlap if args.overlap is None else args.overlap,
                   "batch_size": args.batch_size},
         "unet": {"parameters": unet_params, "max_size": args.unet_max_size, "flops_per_pixel": unet_flops},
+        "stardist": {"note": sd_note, "parameters": sd_params, "config": STARDIST_CONFIG, "weights": "random",
+                     "max_size": args.stardist_max_size},
         "flops_per_pixel": {"minenet": mini_flops, "unet": unet_flops},
         "rf": {"training": rf_training, "max_size": args.rf_max_size},
         "sizes": rows,
