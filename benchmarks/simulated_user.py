@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from napari_minenet.data import TrainingExample, load_dataset
+from napari_minenet.data import InputError, TrainingExample, load_dataset
 from napari_minenet.evaluation import evaluate_examples
 from napari_minenet.finetuning import FinetuneConfig, finetune
 from napari_minenet.segmentation import segment
@@ -126,9 +126,12 @@ def main() -> None:
                 edited = [m[0] for m in made]
                 kinds = [kind for m in made for kind in m[1]]
                 t0 = time.perf_counter()
-                result = run_to_end(_finetune_without_saving(parent, edited, cfg, seed))
+                try:
+                    result = run_to_end(_finetune_without_saving(parent, edited, cfg, seed))
+                except InputError as exc:  # e.g. too few corrections: the widget says so and trains nothing
+                    result = _Refused(parent, f"refused before training: {exc}")
                 wall = time.perf_counter() - t0
-                after = evaluate_examples(rest, result.model)[0]
+                after = evaluate_examples(rest, result.model)[0] if result.steps else before
                 kept = after if result.accepted else before
                 row = {
                     "seed": seed, "images": [ex.id for ex in chosen], "k": k, "corrections": len(kinds),
@@ -160,6 +163,18 @@ def _judge_line(scores) -> str:
     return (f"; judge: held-out BCE {scores.parent_edited_loss:.3f} -> {scores.edited_loss:.3f}, agreement "
             f"{scores.parent_edited_agreement:.2f} -> {scores.edited_agreement:.2f}, rest changed "
             f"{100 * scores.rest_changed_fraction:.2f} %")
+
+
+@dataclasses.dataclass
+class _Refused:
+    """What the user gets when fine-tuning refuses the examples: the parent, unchanged."""
+
+    model: object
+    reason: str
+    accepted: bool = False
+    steps: int = 0
+    seconds: float = 0.0
+    corrections: object = None
 
 
 def _finetune_without_saving(parent, examples, cfg, seed):

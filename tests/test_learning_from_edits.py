@@ -296,7 +296,7 @@ def _nuclei_model(name="parent") -> SegmentationModel:
     return load_model(name)
 
 
-def _edited_examples(n: int = 2, k: int = 4):
+def _edited_examples(n: int = 2, k: int = 8):
     """Images with dark discs; 'before' misses some of them, 'after' has them painted."""
     out = []
     rng = np.random.default_rng(1)
@@ -320,12 +320,12 @@ def test_finetune_from_edits_judges_on_held_out_corrections(tmp_path):
     gen = finetune(parent, examples, cfg, output=tmp_path / "child")
     records = []
     result = run_to_end(gen, records.append)
-    assert records[0].kind == "setup" and "8 corrections" in records[0].message and "3 held out" in records[0].message
-    assert result.corrections is not None and result.corrections.held_out == 3
+    assert records[0].kind == "setup" and "16 corrections" in records[0].message and "5 held out" in records[0].message
+    assert result.corrections is not None and result.corrections.held_out == 5
     assert "corrections it did not see" in result.reason
     assert result.steps >= 1 and result.total_seconds >= result.seconds
     training = result.model.card.training
-    assert training["corrections"]["corrections"] == 8 and training["corrections"]["added"] == 8
+    assert training["corrections"]["corrections"] == 16 and training["corrections"]["added"] == 16
     assert (result.saved_to is not None) == result.accepted
     assert not (tmp_path / "child.safetensors").exists() or result.accepted
 
@@ -343,7 +343,7 @@ def test_finetune_from_too_few_edits_says_so_before_training(tmp_path):
     parent = _nuclei_model()
     examples = _edited_examples(n=1, k=2)
     records = []
-    with pytest.raises(InputError, match="2 correction.*at least 3"):
+    with pytest.raises(InputError, match=f"2 correction.*at least {FinetuneConfig().min_corrections}"):
         run_to_end(finetune(parent, examples, FinetuneConfig(max_seconds=30, batch_size=2, patch_size=64),
                             output=tmp_path / "c"), records.append)
     assert not any(r.kind == "step" for r in records)  # not a single training step was spent
@@ -392,7 +392,7 @@ def test_simulated_user_benchmark_runs_end_to_end(blob_dataset, tiny_model_path,
     proc = subprocess.run(
         [sys.executable, str(script), "--data", str(blob_dataset), "--model", str(tiny_model_path), "--k", "3",
          "--images", "1", "--seeds", "0", "--group-by", "image", "--config", '{"max_steps": 4, "batch_size": 2, '
-         '"patch_size": 64}', "--max-seconds", "60", "--threads", "1", "--json", str(out)],
+         '"patch_size": 64, "min_corrections": 3}', "--max-seconds", "60", "--threads", "1", "--json", str(out)],
         capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]

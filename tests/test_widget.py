@@ -296,11 +296,10 @@ def test_correct_add_example_and_finetune_selects_new_version(make_napari_viewer
     viewer, widget = _segment_and_correct(make_napari_viewer, qtbot, tmp_path, parent)
     learn, panel = widget.learn_panel, widget.segment_panel
     learn.resegment_check.setChecked(True)
-    learn.settings = FinetuneConfig(lr=5e-3, l2sp=0.0, batch_size=2, patch_size=96)
+    learn.settings = FinetuneConfig(lr=5e-3, l2sp=0.0, batch_size=2, patch_size=96, min_corrections=1)
     # the plumbing, not the judge (tests/test_learning_from_edits.py tests the judge): an
     # untrained parent's corrections are one big region, so let the candidate through
     monkeypatch.setattr(finetuning.from_corrections, "correction_acceptance", lambda *a, **k: (True, "the new version passes"))
-    monkeypatch.setattr(finetuning.from_corrections, "MIN_CORRECTIONS", 1)
     learn.start_finetune(max_seconds=8)
     qtbot.waitUntil(lambda: learn.worker is None, timeout=120_000)
     # the kept version re-segments the image and says what changed
@@ -325,7 +324,7 @@ def test_too_few_corrections_says_what_to_do_before_training(make_napari_viewer,
     learn.settings = FinetuneConfig(batch_size=2, patch_size=96)
     learn.start_finetune(max_seconds=120)
     qtbot.waitUntil(lambda: learn.worker is None, timeout=60_000)
-    assert any("Cannot fine-tune yet" in m and "at least 3" in m for m in notes["warning"]), notes
+    assert any("Cannot fine-tune yet" in m and "at least 15" in m for m in notes["warning"]), notes
     assert not notes["error"] and len(learn.loss_plot.train) == 0  # no training step was spent
     assert learn.progress_bar.format() == "not started"
     assert widget.segment_panel.model.card.name == "testnuclei"
@@ -337,8 +336,7 @@ def test_cancel_finetune_keeps_previous_model(make_napari_viewer, qtbot, tmp_pat
     parent_hash = _sha(parent)
     viewer, widget = _segment_and_correct(make_napari_viewer, qtbot, tmp_path, parent)
     learn, panel = widget.learn_panel, widget.segment_panel
-    learn.settings = FinetuneConfig(batch_size=2, patch_size=96)
-    monkeypatch.setattr(finetuning.from_corrections, "MIN_CORRECTIONS", 1)  # the untrained parent: one correction
+    learn.settings = FinetuneConfig(batch_size=2, patch_size=96, min_corrections=1)  # untrained: 1 correction
     learn.start_finetune(max_seconds=120)
     qtbot.waitUntil(lambda: len(learn.loss_plot.train) >= 2, timeout=60_000)
     learn.cancel()
@@ -355,8 +353,7 @@ def test_closing_napari_during_finetune(make_napari_viewer, qtbot, tmp_path, mon
     parent_hash = _sha(parent)
     viewer, widget = _segment_and_correct(make_napari_viewer, qtbot, tmp_path, parent)
     learn = widget.learn_panel
-    learn.settings = FinetuneConfig(batch_size=2, patch_size=96)
-    monkeypatch.setattr(finetuning.from_corrections, "MIN_CORRECTIONS", 1)  # the untrained parent: one correction
+    learn.settings = FinetuneConfig(batch_size=2, patch_size=96, min_corrections=1)  # untrained: 1 correction
     learn.start_finetune(max_seconds=120)
     qtbot.waitUntil(lambda: len(learn.loss_plot.train) >= 1, timeout=60_000)
     worker = learn.worker
@@ -664,9 +661,8 @@ def test_the_trainer_in_the_window_runs_at_headless_speed(make_napari_viewer, qt
     viewer, widget = _segment_and_correct(make_napari_viewer, qtbot, tmp_path, parent)
     viewer.window.show()
     learn = widget.learn_panel
-    overrides = {"batch_size": 4, "patch_size": 96}
+    overrides = {"batch_size": 4, "patch_size": 96, "min_corrections": 1}
     learn.settings = FinetuneConfig(**overrides)
-    monkeypatch.setattr(finetuning.from_corrections, "MIN_CORRECTIONS", 1)  # the untrained parent: one correction
     examples = learn.store.load()
     # warm up torch (first-use allocations, thread pool) outside the measurement
     run_to_end(finetune(parent, examples, FinetuneConfig(max_seconds=1, **overrides), output=tmp_path / "warm"))

@@ -46,10 +46,10 @@ from .config import (
     norm_parameters,
     version_name,
 )
-from .from_corrections import MIN_CORRECTIONS, learn_from_edits
+from .from_corrections import learn_from_edits
 from .from_labels import acceptance, holdout_split, learn_from_labels
 
-__all__ = ["FinetuneConfig", "FinetuneResult", "JUDGE_RULES", "FINETUNE_AUGMENTATION", "MIN_CORRECTIONS",
+__all__ = ["FinetuneConfig", "FinetuneResult", "JUDGE_RULES", "FINETUNE_AUGMENTATION",
            "acceptance", "finetune", "holdout_split", "l2sp_penalty", "norm_parameters", "version_name"]
 
 

@@ -24,11 +24,9 @@ from ..training import TrainingProgress, TrainingResult
 from ..zoo import SegmentationModel
 from .config import FinetuneConfig, Outcome, fit_for, sampler_for
 
-__all__ = ["MIN_CORRECTIONS", "learn_from_edits"]
+__all__ = ["learn_from_edits"]
 
 
-#: fewer corrections than this cannot be split into some to learn from and some to judge on
-MIN_CORRECTIONS = 3
 
 
 def _foreground(probs: np.ndarray, card) -> np.ndarray:
@@ -59,7 +57,7 @@ class _EditPlan:
 
 def _plan_edits(parent_model, examples, cfg: FinetuneConfig, dev, cancel) -> _EditPlan:
     """Find the corrections, choose the held-out ones (``cfg.held_out_corrections`` of them;
-    fewer than ``MIN_CORRECTIONS`` in all is an error) and predict each example with the
+    fewer than ``cfg.min_corrections`` in all is an error) and predict each example with the
     parent once."""
     card = parent_model.card
     corrections = [None if ex.before is None else find_corrections(
@@ -68,8 +66,8 @@ def _plan_edits(parent_model, examples, cfg: FinetuneConfig, dev, cancel) -> _Ed
     if not keys:
         raise InputError("the examples hold no corrections: their labels are what the model predicted. Paint the "
                          "objects it missed and erase the wrong ones before adding an example")
-    if len(keys) < MIN_CORRECTIONS:  # say so before the user waits for a version that cannot be judged
-        raise InputError(f"{len(keys)} correction(s) in the examples; fine-tuning needs at least {MIN_CORRECTIONS}: it "
+    if len(keys) < cfg.min_corrections:  # say so before the user waits for a version that cannot be judged
+        raise InputError(f"{len(keys)} correction(s) in the examples; fine-tuning needs at least {cfg.min_corrections}: it "
                          "learns from two thirds of them and checks the new version on the rest. Correct a few more "
                          "objects and add them as examples")
     n_held = max(1, int(round(len(keys) * cfg.held_out_corrections)))
