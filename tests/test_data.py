@@ -356,3 +356,19 @@ def test_normalizer_handles_float64_values_far_beyond_float32(factor):
     out = Normalizer.for_image(huge, norm, 1)(huge)
     assert np.isfinite(out).all()
     np.testing.assert_allclose(out, expected, atol=1e-4)
+
+
+def test_errors_share_one_base_and_keep_their_builtin_bases():
+    """``except MinenetError`` catches every error raised on purpose; code that catches
+    ValueError / RuntimeError still catches InputError / ModelLoadError."""
+    from napari_minenet import data, errors, zoo
+
+    assert data.InputError is errors.InputError and zoo.ModelLoadError is errors.ModelLoadError
+    with pytest.raises(errors.MinenetError):
+        data.check_image(np.zeros((4, 4, 7), np.uint8))
+    with pytest.raises(ValueError):
+        data.check_image(np.zeros((4, 4, 7), np.uint8))
+    with pytest.raises(errors.MinenetError):
+        zoo.load_model("no-such-model-anywhere")
+    with pytest.raises(RuntimeError):
+        zoo.load_model("no-such-model-anywhere")

@@ -41,6 +41,7 @@ from ._layer_data import ImageRegion, image_region, layer_lead_shape
 from ._pixel_size_control import PixelSizeControl
 from .auto_size import unresampled_slide_note
 from .data import GreyImageWarning, InputError
+from .errors import MinenetError
 from .files import atomic_write_bytes
 from .inference import Cancelled, device_report
 from .segmentation import SegmentationResult, StackResult, measure, segment, segment_stack, summarize
@@ -48,7 +49,10 @@ from .slide_engine import LABELS_PATH, SlideOptions, SlideResult, segment_slide
 from .slides import slide_from_levels
 from .zoo import ModelLoadError, SegmentationModel, load_model
 
-EXPECTED_ERRORS = (InputError, ModelLoadError, Cancelled, RuntimeError, ValueError, MemoryError, OSError)
+#: what a worker turns into a notification instead of a traceback: this package's own errors
+#: (MinenetError: bad input, unloadable model, cancelled) and the ones torch, numpy and the
+#: file system raise for a run that cannot go on
+EXPECTED_ERRORS = (MinenetError, Cancelled, RuntimeError, ValueError, MemoryError, OSError)
 
 #: label colours: bright and saturated, readable on pink/purple H&E, brown/blue IHC and
 #: dark fundus backgrounds alike (never the dark blues and purples of napari's random map)

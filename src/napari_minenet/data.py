@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import InputError
+
 __all__ = [
     "InputError",
     "read_image",
@@ -49,10 +51,6 @@ MAX_IMAGE_PIXELS_ENV = "NAPARI_MINENET_MAX_IMAGE_PIXELS"
 MAX_TILE_SIZE = 4096
 #: largest working size a model card may ask for
 MAX_WORKING_LONG_SIDE = 4096
-
-
-class InputError(ValueError):
-    """The image or data given cannot be segmented as it is; the message says why."""
 
 
 class GreyImageWarning(UserWarning):

@@ -44,6 +44,7 @@ from typing import Any
 import torch
 
 from .data import MAX_TILE_SIZE, MAX_WORKING_LONG_SIDE, MIN_SIDE, _card_statistics
+from .errors import ModelLoadError
 from .files import atomic_write, atomic_write_bytes, atomic_write_json, remove_stale_temp_files
 from .pixel_size import PIXEL_SIZE_RANGE
 
@@ -83,10 +84,6 @@ TASKS: dict[str, dict[str, Any]] = {
 
 _WEIGHTS_SUFFIX = ".safetensors"
 _CARD_SUFFIX = ".json"
-
-
-class ModelLoadError(RuntimeError):
-    """A model could not be found or its files are unreadable / inconsistent."""
 
 
 class ModelCardWarning(UserWarning):
