@@ -352,3 +352,15 @@ def test_labels_and_probabilities_come_back_on_the_image_grid():
     back = auto_size.probabilities_to_shape(probs, (4, 5))
     assert back.shape == (2, 4, 5) and back.dtype == np.float16
     assert np.allclose(back[0], 0.25) and 0 <= back[1].min() < back[1].max() <= 1
+
+
+def test_unreadable_file_has_no_pixel_size_and_says_why_in_the_log(tmp_path, caplog):
+    import logging
+
+    from napari_minenet.pixel_size import read_pixel_size
+
+    bad = tmp_path / "broken.tif"
+    bad.write_bytes(b"not a tiff at all")
+    with caplog.at_level(logging.DEBUG, logger="napari_minenet.pixel_size"):
+        assert read_pixel_size(bad) is None
+    assert any("broken.tif" in r.getMessage() and r.name == "napari_minenet.pixel_size" for r in caplog.records)

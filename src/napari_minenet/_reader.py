@@ -11,10 +11,13 @@ layer.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from .pixel_size import read_pixel_size
 from .slides import SLIDE_MIN_PIXELS, is_slide_path, looks_like_slide, open_slide
+
+logger = logging.getLogger(__name__)
 
 
 def get_reader(path):
@@ -58,7 +61,8 @@ def _labels_group(p: Path):
 
     try:
         root = zarr.open_group(str(p), mode="r")
-    except Exception:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001
+        logger.debug("%s is not an OME-Zarr group (%s)", p, exc)
         return None
     if "multiscales" in root.attrs and "image-label" in root.attrs:
         return p
@@ -81,7 +85,8 @@ def read_slide(path):
         labels_path = _labels_group(p)
         try:
             slide = open_slide(p)
-        except Exception:  # noqa: BLE001 - a labels-only OME-Zarr has no image at its root
+        except Exception as exc:  # noqa: BLE001 - a labels-only OME-Zarr has no image at its root
+            logger.debug("no image at the root of %s (%s)", p, exc)
             slide = None
         if slide is not None:
             layers.append(_image_layer(slide))

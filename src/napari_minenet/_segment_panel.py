@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import threading
 import time
 import warnings
@@ -48,6 +49,8 @@ from .segmentation import SegmentationResult, StackResult, measure, segment, seg
 from .slide_engine import LABELS_PATH, SlideOptions, SlideResult, segment_slide
 from .slides import slide_from_levels
 from .zoo import ModelLoadError, SegmentationModel, load_model
+
+logger = logging.getLogger(__name__)
 
 #: what a worker turns into a notification instead of a traceback: this package's own errors
 #: (MinenetError: bad input, unloadable model, cancelled) and the ones torch, numpy and the
@@ -406,8 +409,8 @@ class SegmentPanel(QWidget):
             try:
                 folder.mkdir(parents=True, exist_ok=True)
                 return folder / f"{stem}.zarr"
-            except OSError:
-                pass
+            except OSError as exc:
+                logger.info("cannot write beside the slide (%s); the labels go to the user folder", exc)
         from .zoo import user_models_dir
 
         folder = user_models_dir().parent / "slides"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import os
 import tempfile
 import time
@@ -13,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_json", "write_tiff", "write_png",
            "remove_stale_temp_files", "STALE_TEMP_SECONDS"]
@@ -53,14 +56,16 @@ def remove_stale_temp_files(folder: str | os.PathLike, max_age_s: float = STALE_
     now = time.time()
     try:
         candidates = list(Path(folder).glob(".?*.*.tmp"))
-    except OSError:
+    except OSError as exc:
+        logger.debug("cannot look for stale temporary files in %s (%s)", folder, exc)
         return removed
     for path in candidates:
         try:
             if path.is_file() and now - path.stat().st_mtime > max_age_s:
                 path.unlink()
                 removed.append(path)
-        except OSError:
+        except OSError as exc:
+            logger.info("cannot remove the stale temporary file %s (%s)", path, exc)
             continue
     return removed
 

@@ -20,11 +20,14 @@ like are screen defaults, not a measurement. Nothing here imports torch, Qt or n
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["PIXEL_SIZE_RANGE", "checked_pixel_size", "unit_to_um", "read_pixel_size", "tiff_pixel_size",
            "ome_zarr_pixel_size", "layer_pixel_size", "describe_pixel_size"]
@@ -80,7 +83,8 @@ def read_pixel_size(path: str | Path) -> float | None:
         try:
             with tifffile.TiffFile(p) as tif:
                 return tiff_pixel_size(tif)
-        except Exception:  # noqa: BLE001 - not a readable TIFF: no pixel size
+        except Exception as exc:  # noqa: BLE001 - not a readable TIFF: no pixel size
+            logger.debug("no pixel size from %s: not a readable TIFF (%s)", p, exc)
             return None
     if suffix.endswith((".png", ".jpg", ".jpeg")):
         return _dpi_pixel_size(p)
@@ -175,7 +179,8 @@ def _zarr_dir_pixel_size(p: Path) -> float | None:
 
         group = zarr.open_group(str(p), mode="r")
         multiscales = group.attrs.get("multiscales") or group.attrs.get("ome", {}).get("multiscales")
-    except Exception:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001
+        logger.debug("no pixel size from %s: not a readable OME-Zarr (%s)", p, exc)
         return None
     return ome_zarr_pixel_size(multiscales[0]) if multiscales else None
 
@@ -186,7 +191,8 @@ def _dpi_pixel_size(p: Path) -> float | None:
 
         with Image.open(p) as image:
             dpi = image.info.get("dpi")
-    except Exception:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001
+        logger.debug("no pixel size from %s: not a readable image (%s)", p, exc)
         return None
     if not dpi:
         return None

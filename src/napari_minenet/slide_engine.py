@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import math
 import shutil
 import threading
@@ -58,6 +59,8 @@ from .segmentation import labels_for
 from .slide_export import CSVWriter, GeoJSONWriter, ObjectTable, describe_objects
 from .slides import Slide, TissueMask, glass_pixels, open_slide, tissue_mask
 from .zoo import SegmentationModel, load_model
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["SlideOptions", "SlideResult", "SlideJob", "segment_slide", "plan_slide", "block_tasks", "finish_slide",
            "write_region", "CONTEXT", "LABELS_PATH"]
@@ -276,9 +279,12 @@ def plan_slide(slide: Slide, model: SegmentationModel, out: Path, options: Slide
     if run_file.is_file():
         try:
             resumed = json.loads(run_file.read_text())["fingerprint"] == fingerprint
-        except (OSError, ValueError, KeyError):
+        except (OSError, ValueError, KeyError) as exc:
+            logger.info("not resuming %s: its run record is unreadable (%s)", work, exc)
             resumed = False
     if not resumed:
+        if run_file.is_file():
+            logger.info("starting %s afresh: the unfinished run there had other settings", out)
         shutil.rmtree(work, ignore_errors=True)
         (work / "blocks").mkdir(parents=True)
     device = select_device(options.device)
@@ -482,7 +488,8 @@ def _complete_marker(path: Path) -> dict | None:
 
     try:
         attrs = zarr.open_group(str(path), mode="r").attrs.get("minenet")
-    except Exception:  # noqa: BLE001 - no (complete) output yet
+    except Exception as exc:  # noqa: BLE001 - no (complete) output yet
+        logger.debug("no complete output at %s (%s)", path, exc)
         return None
     return attrs if isinstance(attrs, dict) and attrs.get("complete") else None
 

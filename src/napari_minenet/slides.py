@@ -13,6 +13,7 @@ OME-Zarr). Nothing here reads the full-resolution level whole.
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -23,6 +24,8 @@ from scipy import ndimage as ndi
 
 from .data import InputError
 from .pixel_size import checked_pixel_size, ome_zarr_pixel_size, tiff_pixel_size
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["Slide", "open_slide", "slide_from_levels", "is_slide_path", "looks_like_slide", "SLIDE_SUFFIXES",
            "SLIDE_MIN_PIXELS", "tissue_mask", "tissue_pixels", "glass_pixels", "TissueMask", "thumbnail"]
@@ -130,7 +133,8 @@ def looks_like_slide(path: str | Path, min_pixels: int | None = None) -> bool:
                 return True
             shape = series.shape
             axes = series.axes
-    except Exception:  # noqa: BLE001 - not a TIFF we can read: let the ordinary reader try
+    except Exception as exc:  # noqa: BLE001 - not a TIFF we can read: let the ordinary reader try
+        logger.debug("%s is not a slide: not a readable TIFF (%s)", p, exc)
         return False
     h = shape[axes.index("Y")] if "Y" in axes else 0
     w = shape[axes.index("X")] if "X" in axes else 0

@@ -32,6 +32,7 @@ import dataclasses
 import datetime as _dt
 import hashlib
 import json
+import logging
 import math
 import numbers
 import os
@@ -47,6 +48,8 @@ from .data import MAX_TILE_SIZE, MAX_WORKING_LONG_SIDE, MIN_SIDE, _card_statisti
 from .errors import ModelLoadError
 from .files import atomic_write, atomic_write_bytes, atomic_write_json, remove_stale_temp_files
 from .pixel_size import PIXEL_SIZE_RANGE
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "ModelCard",
@@ -435,13 +438,15 @@ def _embedded_card(blob: bytes, where: Path) -> ModelCard | None:
         size = int.from_bytes(blob[:8], "little")
         header = json.loads(blob[8 : 8 + size].decode("utf-8"))
         text = (header.get("__metadata__") or {}).get("minenet_card")
-    except (ValueError, UnicodeDecodeError, AttributeError, RecursionError):
+    except (ValueError, UnicodeDecodeError, AttributeError, RecursionError) as exc:
+        logger.debug("%s: unreadable safetensors header (%s)", where, exc)
         return None
     if not text:
         return None
     try:
         return _card_from_dict(json.loads(text), where)
-    except (json.JSONDecodeError, ModelLoadError):
+    except (json.JSONDecodeError, ModelLoadError) as exc:
+        logger.info("%s: the card inside the weights file is invalid, not used (%s)", where, exc)
         return None
 
 
