@@ -166,6 +166,38 @@ def test_train_config_defaults_by_task():
     assert TrainConfig(task="custom", contours=True).resolved().contours is True
 
 
+def test_every_consumer_reads_the_one_task_table(monkeypatch):
+    """Card defaults, training defaults, a new card, augmentation and the CLI's --task choices
+    all come from tasks.TASK_TABLE: a changed row changes every one of them."""
+    import dataclasses
+
+    from napari_minenet import tasks
+    from napari_minenet.cli import build_parser
+    from napari_minenet.patches import Augmentation
+    from napari_minenet.training import default_card
+    from napari_minenet.zoo import ModelCard
+
+    lesion = default_card("l", "lesion", contours=False, working_long_side=256)
+    assert lesion.fill_holes and lesion.keep_largest and not lesion.instances
+    nuclei = default_card("n", "nuclei", contours=True, working_long_side=None)
+    assert nuclei.instances and nuclei.min_size == 10 and nuclei.fill_holes and not nuclei.keep_largest
+    assert Augmentation.for_task("lesion") == Augmentation(scale=(0.8, 1.25), intensity=0.2)
+    assert Augmentation.for_task("unknown") == Augmentation() == Augmentation.for_task("custom")
+
+    changed = dataclasses.replace(tasks.TASK_TABLE["vessels"], patch_size=96, min_size=7, keep_largest=True,
+                                  button_text="Find vessels", augmentation={"intensity": 0.5})
+    monkeypatch.setitem(tasks.TASK_TABLE, "vessels", changed)
+    monkeypatch.setitem(tasks.TASK_TABLE, "organoids", dataclasses.replace(changed, name="organoids"))
+    assert TrainConfig(task="vessels").resolved().patch_size == 96
+    card = default_card("v", "vessels", contours=False, working_long_side=None)
+    assert card.min_size == 7 and card.keep_largest and card.button_text == "Find vessels"
+    assert ModelCard(name="v", task="vessels").button_text == "Find vessels"
+    assert Augmentation.for_task("vessels").intensity == 0.5
+    task_action = next(a for a in build_parser()._subparsers._group_actions[0].choices["train"]._actions
+                       if a.dest == "task")
+    assert set(task_action.choices) == {"nuclei", "vessels", "lesion", "custom", "organoids"}
+
+
 @pytest.mark.parametrize("kwargs,message", [
     ({"lr_schedule": "step"}, "lr_schedule"),
     ({"batch_size": 0}, "batch size"),

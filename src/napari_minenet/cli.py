@@ -16,6 +16,8 @@ import warnings
 from pathlib import Path
 
 from .data import MAX_IMAGE_PIXELS, MAX_IMAGE_PIXELS_ENV, MAX_TILE_SIZE, MAX_WORKING_LONG_SIDE
+from .samples import SAMPLES
+from .tasks import TASK_TABLE
 
 __all__ = ["main", "build_parser", "EXIT_CODES"]
 
@@ -485,7 +487,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(f"no display: segmenting the bundled sample {sample_path(args.sample).name} headlessly")
     load_sample(args.sample)  # fail early with a clear message if the sample is missing
     args.images = [str(sample_path(args.sample))]
-    args.model = args.model or ("nuclei" if args.sample == "ihc" else "vessels")
+    args.model = args.model or SAMPLES[args.sample][2]  # the built-in model made for the sample
     return _segment_files(args.images, Path(args.output), args)
 
 
@@ -604,7 +606,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_bench, bench_args=[])
 
     p = sub.add_parser("demo", help="open napari on the bundled sample and segment it (headless without a display)")
-    p.add_argument("--sample", choices=["ihc", "retina"], default="ihc")
+    p.add_argument("--sample", choices=list(SAMPLES), default="ihc")
     p.add_argument("--headless", action="store_true", help="never open a window")
     p.add_argument("-o", "--output", default="minenet-demo", help="output folder for the headless demo")
     _add_segment_options(p, model_default=None)
@@ -614,7 +616,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="folder with images/ and masks/ (optional labels/, fov/)")
     p.add_argument("--val-data", help="separate validation folder (default: hold out --val-fraction)")
     p.add_argument("--val-fraction", type=_number(lo=0.0, hi=0.9), default=0.2)
-    p.add_argument("--task", choices=["nuclei", "vessels", "lesion", "custom"], default="custom")
+    p.add_argument("--task", choices=list(TASK_TABLE), default="custom")
     p.add_argument("-o", "--output", required=True, help="output weights path (…/name[.safetensors])")
     p.add_argument("--name", help="model name (default: output file name)")
     p.add_argument("--epochs", type=_int_in(1), default=100)

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from .data import Normalizer, TrainingExample, as_rgb_or_grey
+from .tasks import task
 
 __all__ = ["PatchSampler", "contour_target", "example_targets", "Augmentation"]
 
@@ -41,12 +42,9 @@ class Augmentation:
     stain: float = 0.0  # H&E stain jitter amplitude (0 = off)
 
     @classmethod
-    def for_task(cls, task: str) -> Augmentation:
-        if task == "nuclei":
-            return cls(stain=0.05)
-        if task == "lesion":
-            return cls(scale=(0.8, 1.25), intensity=0.2)
-        return cls()
+    def for_task(cls, task_name: str) -> Augmentation:
+        """The augmentation of the task table's row (tasks.TASK_TABLE)."""
+        return cls(**task(task_name).augmentation)
 
 
 def example_targets(ex: TrainingExample, contours: bool) -> np.ndarray:

@@ -31,8 +31,9 @@ from .inference import Cancelled, select_device
 from .losses import MiniNetLoss
 from .model import count_parameters
 from .patches import Augmentation, PatchSampler
+from .tasks import TASK_TABLE, task
 from .validation import calibrate_and_score, validate
-from .zoo import TASKS, ModelCard, SegmentationModel, save_model
+from .zoo import ModelCard, SegmentationModel, save_model
 
 __all__ = [
     "TrainConfig",
@@ -47,14 +48,12 @@ __all__ = [
     "run_to_end",
 ]
 
-#: defaults that differ by task (the rest of TrainConfig applies to all)
+#: defaults that differ by task (the rest of TrainConfig applies to all; read from the task
+#: table, tasks.TASK_TABLE)
 TASK_TRAINING_DEFAULTS: dict[str, dict[str, Any]] = {
-    "nuclei": {"contours": True, "patch_size": 256, "working_long_side": None, "min_size": 10},
-    # fundus cameras differ in resolution but not in field of view: bring every image to
-    # DRIVE's size (584 px long side) so vessel widths match what the model learned
-    "vessels": {"contours": False, "patch_size": 256, "working_long_side": 584, "min_size": 0},
-    "lesion": {"contours": False, "patch_size": 192, "working_long_side": 256, "min_size": 0},
-    "custom": {"contours": False, "patch_size": 256, "working_long_side": None, "min_size": 0},
+    name: {"contours": t.contours, "patch_size": t.patch_size, "working_long_side": t.working_long_side,
+           "min_size": t.min_size}
+    for name, t in TASK_TABLE.items()
 }
 
 
@@ -79,14 +78,14 @@ class TrainConfig:
     architecture: str = "MiniNet"  # "UNet": the benchmarks' reference (needs MONAI)
 
     def resolved(self) -> TrainConfig:
-        task = TASK_TRAINING_DEFAULTS.get(self.task, TASK_TRAINING_DEFAULTS["custom"])
+        defaults = task(self.task)
         cfg = dataclasses.replace(self)
         if cfg.patch_size is None:
-            cfg.patch_size = task["patch_size"]
+            cfg.patch_size = defaults.patch_size
         if cfg.contours is None:
-            cfg.contours = task["contours"]
+            cfg.contours = defaults.contours
         if cfg.working_long_side == -1:
-            cfg.working_long_side = task["working_long_side"]
+            cfg.working_long_side = defaults.working_long_side
         if cfg.lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"lr_schedule must be 'constant' or 'cosine', not {cfg.lr_schedule!r}")
         if cfg.batch_size < 1 or cfg.patch_size < 32:
@@ -146,17 +145,18 @@ def hardware_description(device: torch.device) -> str:
     return f"CPU {name}, {torch.get_num_threads()} torch threads"
 
 
-def default_card(name: str, task: str, *, contours: bool, working_long_side: int | None) -> ModelCard:
-    defaults = TASK_TRAINING_DEFAULTS.get(task, TASK_TRAINING_DEFAULTS["custom"])
+def default_card(name: str, task_name: str, *, contours: bool, working_long_side: int | None) -> ModelCard:
+    """The card a newly trained model of ``task_name`` starts from (the task table's row)."""
+    defaults = task(task_name)
     return ModelCard(
         name=name,
-        task=task,
+        task=task_name,
         out_channels=2 if contours else 1,
         working_long_side=working_long_side,
-        instances=TASKS.get(task, TASKS["custom"])["instances"],
-        min_size=defaults["min_size"],
-        fill_holes=task in ("lesion", "nuclei"),
-        keep_largest=task == "lesion",
+        instances=defaults.instances,
+        min_size=defaults.min_size,
+        fill_holes=defaults.fill_holes,
+        keep_largest=defaults.keep_largest,
     )
 
 

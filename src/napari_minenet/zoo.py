@@ -48,6 +48,7 @@ from .data import MAX_TILE_SIZE, MAX_WORKING_LONG_SIDE, MIN_SIDE, _card_statisti
 from .errors import ModelLoadError
 from .files import atomic_write, atomic_write_bytes, atomic_write_json, remove_stale_temp_files
 from .pixel_size import PIXEL_SIZE_RANGE
+from .tasks import TASK_TABLE, task
 
 logger = logging.getLogger(__name__)
 
@@ -74,15 +75,12 @@ __all__ = [
     "read_card",
 ]
 
-#: Per-task defaults: what the button says and how the output is presented.
+#: Per-task defaults: what the button says and how the output is presented (read from
+#: the task table, tasks.TASK_TABLE)
 TASKS: dict[str, dict[str, Any]] = {
-    "nuclei": {"display_name": "Nuclei (H&E)", "button_text": "Segment nuclei", "object_name": "nuclei",
-               "instances": True},
-    "vessels": {"display_name": "Retinal vessels", "button_text": "Segment vessels", "object_name": "vessels",
-                "instances": False},
-    "lesion": {"display_name": "Skin lesion", "button_text": "Segment lesion", "object_name": "lesion",
-               "instances": False},
-    "custom": {"display_name": "Custom", "button_text": "Segment", "object_name": "objects", "instances": False},
+    name: {"display_name": t.display_name, "button_text": t.button_text, "object_name": t.object_name,
+           "instances": t.instances}
+    for name, t in TASK_TABLE.items()
 }
 
 _WEIGHTS_SUFFIX = ".safetensors"
@@ -160,10 +158,10 @@ class ModelCard:
 
     def __post_init__(self) -> None:
         if isinstance(self.task, str):
-            defaults = TASKS.get(self.task, TASKS["custom"])
+            defaults = task(self.task)
             for key in ("display_name", "button_text", "object_name"):
                 if not getattr(self, key):
-                    setattr(self, key, defaults[key])
+                    setattr(self, key, getattr(defaults, key))
         validate_card(self)
 
     @property
@@ -560,7 +558,7 @@ def list_models() -> list[ModelInfo]:
     A model whose card is invalid or missing is skipped with a :class:`ModelCardWarning`
     that names it; the built-in models are always listed.
     """
-    order = {t: i for i, t in enumerate(TASKS)}
+    order = {t: i for i, t in enumerate(TASK_TABLE)}
     builtin = sorted(_scan(builtin_weights_dir(), "builtin"), key=lambda m: (order.get(m.task, 99), m.name))
     try:
         user = sorted(_scan(user_models_dir(), "user"), key=lambda m: (m.created, m.name))
