@@ -324,7 +324,8 @@ def test_too_few_corrections_says_what_to_do_before_training(make_napari_viewer,
     learn.settings = FinetuneConfig(batch_size=2, patch_size=96)
     learn.start_finetune(max_seconds=120)
     qtbot.waitUntil(lambda: learn.worker is None, timeout=60_000)
-    assert any("Cannot fine-tune yet" in m and "at least 15" in m for m in notes["warning"]), notes
+    needed = f"at least {FinetuneConfig().min_corrections}"
+    assert any("Cannot fine-tune yet" in m and needed in m for m in notes["warning"]), notes
     assert not notes["error"] and len(learn.loss_plot.train) == 0  # no training step was spent
     assert learn.progress_bar.format() == "not started"
     assert widget.segment_panel.model.card.name == "testnuclei"
