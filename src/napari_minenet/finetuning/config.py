@@ -90,9 +90,13 @@ class FinetuneConfig:
 #:
 #: * nuclei: BCE on the held-out edited pixels 20 % lower. MoNuSeg validation (the training
 #:   domain): 14-18 % with other images unchanged or slightly worse; TNBC (never seen):
-#:   23-29 % on the runs that helped. Nuclei corrections are small and many; BatchNorm-only
+#:   23-40 % on the runs that helped. Nuclei corrections are small and many; BatchNorm-only
 #:   learning moves them all part of the way and flips few pixels, so the share of their
 #:   pixels it gets right rises by only 0-4 points even when other slides gain +0.02 F1.
+#:   And at most 1.25 % of the uncorrected pixels changed: the TNBC versions that lowered F1
+#:   on other slides changed 1.28-1.79 % (4 of 5; the fifth 1.20 %), those that raised it
+#:   0.73-1.06 % (one 1.38 %) -- 18 runs on 3 pairs of tiles, so thin evidence; a stricter
+#:   limit only ever keeps the parent more often.
 #: * vessels: the share of the held-out edited pixels labelled as the user painted them at
 #:   least 8 points higher. DRIVE test (the training domain): +4..+6 points (BCE 11-15 %
 #:   lower, other images -0.001 F1); STARE (never seen): +11..+31 points (BCE 10-26 % lower,
@@ -102,7 +106,7 @@ class FinetuneConfig:
 #: * lesions and custom models: not measured (no unseen lesion dataset here); they get the
 #:   stricter nuclei rule.
 JUDGE_RULES: dict[str, JudgeRule] = {
-    "nuclei": JudgeRule(min_loss_drop=0.2, min_agreement_gain=0.0, max_rest_changed=0.02),
+    "nuclei": JudgeRule(min_loss_drop=0.2, min_agreement_gain=0.0, max_rest_changed=0.0125),
     "vessels": JudgeRule(min_loss_drop=0.0, min_agreement_gain=0.08, max_rest_changed=0.02),
 }
 
