@@ -298,3 +298,22 @@ def test_a_hole_is_filled_with_its_own_object_only():
     ring, inner = labels[40, 15], labels[40, 40]
     assert ring > 0 and inner > 0 and ring != inner
     assert labels[40, 30] == ring  # the hole between them belongs to the ring
+
+
+@pytest.mark.parametrize("chunk_rows", [7, 1024])
+def test_bounding_boxes_are_find_objects_for_the_wanted_ids(monkeypatch, chunk_rows):
+    from scipy import ndimage as ndi
+
+    import napari_minenet.postprocess as pp
+
+    monkeypatch.setattr(pp, "_CHUNK_ROWS", chunk_rows)  # objects across chunk borders
+    rng = np.random.default_rng(3)
+    labels, n = ndi.label(ndi.gaussian_filter(rng.random((150, 230)), 2) > 0.5)
+    labels = labels.astype(np.uint32)
+    wanted = np.bincount(labels.ravel(), minlength=n + 1) >= 12
+    wanted[0] = True  # (the background is never an object)
+    expected = [(i, sl) for i, sl in enumerate(ndi.find_objects(labels), start=1) if wanted[i]]
+    got = pp._bounding_boxes(labels, wanted)
+    assert 10 < len(got) < n
+    assert [(i, tuple((s.start, s.stop) for s in sl)) for i, sl in got] == [
+        (i, tuple((s.start, s.stop) for s in sl)) for i, sl in expected]
