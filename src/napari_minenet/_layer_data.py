@@ -102,3 +102,25 @@ def visible_box(layer, h: int, w: int) -> tuple[int, int, int, int]:
     if y1 - y0 < 16 or x1 - x0 < 16:
         raise InputError("the visible region is smaller than 16 x 16 pixels: zoom out, or segment the whole image")
     return y0, y1, x0, x1
+
+
+def full_plane(region: ImageRegion, plane: np.ndarray, dtype) -> np.ndarray:
+    """Labels for the whole layer shape, with ``plane`` in the segmented slice."""
+    if region.lead_index is None or not region.lead_shape:
+        return plane.astype(dtype, copy=True)  # the layer is edited; the prediction stays as it was
+    full = np.zeros(region.labels_shape, dtype)
+    full[region.lead_index] = plane
+    return full
+
+
+def placement(layer, region: ImageRegion) -> dict:
+    """Scale, translate (and units) that put a region's labels over the image layer."""
+    scale = np.asarray(layer.scale)[-len(region.labels_shape):] if layer.scale is not None else None
+    translate = np.asarray(layer.translate, dtype=float)[-len(region.labels_shape):].copy()
+    if scale is not None:
+        translate[-2:] += np.asarray(region.offset) * scale[-2:]
+    out = {"scale": scale, "translate": translate}
+    units = getattr(layer, "units", None)  # um for slides: napari renders in units only when all agree
+    if units is not None:
+        out["units"] = tuple(units)[-len(region.labels_shape):]
+    return out

@@ -38,7 +38,7 @@ from qtpy.QtWidgets import (
 )
 
 from . import _qt_common as common
-from ._layer_data import visible_box
+from ._layer_data import full_plane, visible_box
 from ._segment_panel import EXPECTED_ERRORS, SegmentPanel
 from .data import InputError, working_scale
 from .edits import changed_objects
@@ -305,7 +305,7 @@ class LearnPanel(QWidget):
         if layer is None or result is None or layer not in self.viewer.layers:
             return None
         data = np.asarray(layer.data)
-        predicted = panel._full_plane(panel.region, result.labels, np.uint32)
+        predicted = full_plane(panel.region, result.labels, np.uint32)
         if data.shape != predicted.shape:
             return None
         return int(np.count_nonzero((data > 0) != (predicted > 0)) + np.count_nonzero(
