@@ -17,28 +17,13 @@ import napari
 import numpy as np
 from napari.qt.threading import create_worker
 from napari.utils import progress as napari_progress
-from qtpy.QtCore import QPointF, QRectF, Qt, Signal
-from qtpy.QtGui import QColor, QPainter, QPalette, QPen
-from qtpy.QtWidgets import (
-    QCheckBox,
-    QComboBox,
-    QFileDialog,
-    QFormLayout,
-    QHBoxLayout,
-    QLabel,
-    QLineEdit,
-    QListWidget,
-    QListWidgetItem,
-    QProgressBar,
-    QPushButton,
-    QSpinBox,
-    QToolButton,
-    QVBoxLayout,
-    QWidget,
-)
+from qtpy.QtCore import Qt, Signal
+from qtpy.QtWidgets import QFileDialog, QListWidgetItem, QWidget
 
 from . import _qt_common as common
 from ._layer_data import full_plane, visible_box
+from ._learn_view import build_controls
+from ._loss_plot import LossPlot
 from ._segment_panel import EXPECTED_ERRORS, SegmentPanel
 from .data import InputError, working_scale
 from .edits import changed_objects
@@ -46,108 +31,11 @@ from .examples import ExampleStore, default_examples_folder
 from .finetuning import FinetuneConfig, FinetuneResult, finetune
 from .inference import Cancelled
 
+__all__ = ["LearnPanel", "LossPlot", "RECTANGLE_LAYER"]
+
 RECTANGLE_LAYER = "Mini-Net example region"
 #: the fine-tuning progress repaints at most this often (each repaint takes CPU from training)
 UI_UPDATES_PER_S = 2.0
-
-
-class LossPlot(QWidget):
-    """A small live plot of the training loss (line) and the held-out loss (dots), with
-    labelled axes: step on x, loss on y, the min / max of each as tick labels."""
-
-    X_TITLE, Y_TITLE = "step", "loss"
-
-    def __init__(self, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.setMinimumHeight(96)
-        self.train: list[float] = []
-        self.held_out: list[tuple[int, float]] = []
-
-    def clear(self) -> None:
-        self.train, self.held_out = [], []
-        self.update()
-
-    def add_step(self, loss: float, repaint: bool = True) -> None:
-        self.train.append(loss)
-        if repaint:
-            self.update()
-
-    def add_held_out(self, loss: float, repaint: bool = True) -> None:
-        self.held_out.append((len(self.train), loss))
-        if repaint:
-            self.update()
-
-    def _limits(self) -> tuple[float, float, int] | None:
-        values = self.train + [v for _, v in self.held_out]
-        if not values:
-            return None
-        lo, hi = min(values), max(values)
-        return lo, (hi if hi > lo else lo + 1e-6), max(1, len(self.train), *(i for i, _ in self.held_out))
-
-    def axis_labels(self) -> dict[str, Any]:
-        """What the axes show: titles and (low, high) tick labels (empty before the first step)."""
-        limits = self._limits()
-        if limits is None:
-            return {"x": self.X_TITLE, "y": self.Y_TITLE, "x_ticks": ("", ""), "y_ticks": ("", "")}
-        lo, hi, n = limits
-        return {"x": self.X_TITLE, "y": self.Y_TITLE, "x_ticks": ("1", str(n)),
-                "y_ticks": (f"{lo:.3g}", f"{max(self.train + [v for _, v in self.held_out]):.3g}")}
-
-    def paintEvent(self, event: Any) -> None:  # noqa: N802 - Qt API
-        painter = QPainter(self)
-        painter.setRenderHint(QPainter.Antialiasing)
-        font = painter.font()
-        font.setPointSizeF(max(6.0, font.pointSizeF() * 0.85))
-        painter.setFont(font)
-        metrics = painter.fontMetrics()
-        text_h = metrics.height()
-        labels = self.axis_labels()
-        y_ticks, x_ticks = labels["y_ticks"], labels["x_ticks"]
-        left = 6 + max(metrics.horizontalAdvance(t) for t in (*y_ticks, labels["y"]))
-        top = 1.5 * text_h + 4  # the title row, then half a tick label above the plot area
-        plot = QRectF(left, top, self.width() - left - 8, self.height() - top - text_h - 4)
-        text_colour = self.palette().color(QPalette.WindowText)  # readable in napari's dark and light themes
-        axis_pen = QPen(QColor(150, 150, 150), 1)
-        text_pen = QPen(text_colour, 1)
-        painter.setPen(axis_pen)
-        painter.drawLine(plot.bottomLeft(), plot.topLeft())
-        painter.drawLine(plot.bottomLeft(), plot.bottomRight())
-        painter.setPen(text_pen)
-        # axis titles: "loss" above the y axis, "step" under the middle of the x axis
-        painter.drawText(QRectF(0, 0, left + 40, text_h), Qt.AlignLeft | Qt.AlignVCenter, labels["y"])
-        below = QRectF(plot.left(), plot.bottom() + 2, plot.width(), text_h)
-        painter.drawText(below, Qt.AlignHCenter | Qt.AlignTop, labels["x"])
-        # legend, top right
-        legend = QRectF(left + 40, 0, self.width() - left - 48, text_h)
-        painter.setPen(QPen(QColor(255, 190, 60), 1))
-        painter.drawText(legend, Qt.AlignRight | Qt.AlignVCenter, "\u25cf held-out")
-        held_w = metrics.horizontalAdvance("\u25cf held-out") + 10
-        painter.setPen(QPen(QColor(90, 170, 255), 1))
-        painter.drawText(legend.adjusted(0, 0, -held_w, 0), Qt.AlignRight | Qt.AlignVCenter, "\u2014 training")
-        limits = self._limits()
-        painter.setPen(text_pen)
-        if limits is None:
-            painter.drawText(plot, Qt.AlignCenter, "the loss appears here during fine-tuning")
-            return
-        # tick labels: max at the top and min at the bottom of y; first and last step on x
-        painter.drawText(QRectF(0, plot.top() - text_h / 2, left - 4, text_h), Qt.AlignRight | Qt.AlignVCenter,
-                         y_ticks[1])
-        painter.drawText(QRectF(0, plot.bottom() - text_h / 2, left - 4, text_h), Qt.AlignRight | Qt.AlignVCenter,
-                         y_ticks[0])
-        painter.drawText(below, Qt.AlignLeft | Qt.AlignTop, x_ticks[0])
-        painter.drawText(below, Qt.AlignRight | Qt.AlignTop, x_ticks[1])
-        lo, hi, n = limits
-
-        def point(step: float, v: float) -> QPointF:  # step counts from 1
-            x = plot.left() + plot.width() * ((step - 1) / (n - 1) if n > 1 else 0.5)
-            return QPointF(x, plot.bottom() - plot.height() * (v - lo) / (hi - lo))
-
-        painter.setPen(QPen(QColor(90, 170, 255), 1.5))
-        for i in range(1, len(self.train)):
-            painter.drawLine(point(i, self.train[i - 1]), point(i + 1, self.train[i]))
-        painter.setPen(QPen(QColor(255, 190, 60), 5))
-        for i, v in self.held_out:
-            painter.drawPoint(point(max(1, i), v))
 
 
 class LearnPanel(QWidget):
@@ -177,84 +65,7 @@ class LearnPanel(QWidget):
         #: (scripting from napari's console can change the rest, e.g. the learning rate)
         self.settings = FinetuneConfig()
 
-        self.hint = QLabel(
-            "Brush in missed objects, erase wrong ones; then add the corrected area."
-        )
-        self.hint.setWordWrap(True)
-        self.hint.setToolTip("The brush paints a new label by default; the eraser, or the fill tool with "
-                             "label 0, removes an object. Each added example is saved to disk at once.")
-        self.edited_label = QLabel("No corrections yet.")
-        self.folder_edit = QLineEdit()
-        self.folder_edit.setPlaceholderText("examples folder (chosen when you add the first example)")
-        self.folder_button = QToolButton()
-        self.folder_button.setText("...")
-        self.scope_combo = QComboBox()
-        self.scope_combo.addItem("Whole image", "image")
-        self.scope_combo.addItem("Visible region", "view")
-        self.scope_combo.addItem("Drawn rectangle", "rectangle")
-        self.scope_combo.setToolTip("What to keep as the example: the whole image, the part on the canvas, "
-                                    "or a rectangle you draw")
-        self.add_button = QPushButton("Add as training example")
-        self.examples_list = QListWidget()
-        self.examples_list.setMaximumHeight(56)
-        self.count_label = QLabel("0 examples")
-        self.remove_button = QPushButton("Remove")
-        self.budget_spin = QSpinBox()
-        self.budget_spin.setRange(5, 3600)
-        self.budget_spin.setValue(60)
-        self.budget_spin.setSuffix(" s")
-        self.budget_spin.setMinimumWidth(88)
-        self.budget_spin.setMaximumWidth(120)
-        self.resegment_check = QCheckBox("Re-segment")
-        self.resegment_check.setToolTip("Segment the image again with the new version when it is kept")
-        self.resegment_check.setChecked(True)
-        self.finetune_button = QPushButton("Fine-tune")
-        self.finetune_button.setMinimumHeight(32)
-        self.pause_button = QPushButton("Pause")
-        self.pause_button.setCheckable(True)
-        self.pause_button.setEnabled(False)
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
-        self.progress_bar = QProgressBar()
-        self.progress_bar.setFormat("ready")
-        self.progress_bar.setValue(0)
-        self.status_label = QLabel("")
-        self.status_label.setWordWrap(True)
-        self.loss_plot = LossPlot()
-
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(0, 0, 0, 0)
-        layout.setSpacing(4)
-        layout.addWidget(self.hint)
-        layout.addWidget(self.edited_label)
-        folder_row = QHBoxLayout()
-        folder_row.addWidget(self.folder_edit)
-        folder_row.addWidget(self.folder_button)
-        form = QFormLayout()
-        form.addRow("Folder", folder_row)
-        form.addRow("Add", self.scope_combo)
-        layout.addLayout(form)
-        layout.addWidget(self.add_button)
-        list_row = QHBoxLayout()
-        list_row.addWidget(self.count_label)
-        list_row.addStretch(1)
-        list_row.addWidget(self.remove_button)
-        layout.addWidget(self.examples_list)
-        layout.addLayout(list_row)
-        tune_row = QHBoxLayout()
-        tune_row.addWidget(QLabel("Time budget"))
-        tune_row.addWidget(self.budget_spin)
-        tune_row.addWidget(self.resegment_check, 1)
-        layout.addLayout(tune_row)
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.finetune_button, 2)
-        buttons.addWidget(self.pause_button, 1)
-        buttons.addWidget(self.cancel_button, 1)
-        layout.addLayout(buttons)
-        layout.addWidget(self.progress_bar)
-        layout.addWidget(self.status_label)
-        layout.addWidget(self.loss_plot)
-
+        build_controls(self)
         self._edit_timer = common.debounce(self, 300, self._update_edited)
 
         self.folder_button.clicked.connect(self._choose_folder)
