@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+
+from .zoo import ModelLoadError, resolve_model_path
+
+logger = logging.getLogger(__name__)
+
 
 def run_gui_demo(sample: str = "ihc") -> int:
     import napari
@@ -14,13 +20,10 @@ def run_gui_demo(sample: str = "ihc") -> int:
     viewer.add_image(data, name=SAMPLES[sample][1], rgb=data.ndim == 3)
     widget = MiniNetWidget(viewer)
     viewer.window.add_dock_widget(widget, name="Mini-Net", area="right")
-    panel = widget.segment_panel
-    wanted = SAMPLES[sample][2]
-    for i in range(panel.model_picker.count()):
-        path = panel.model_picker.itemData(i)
-        if path and panel.model_picker.itemText(i) and path.endswith(f"{wanted}.safetensors"):
-            panel.model_picker.setCurrentIndex(i)
-            break
-    panel.run()
+    try:  # the built-in model made for the sample
+        widget.state.use_model(resolve_model_path(SAMPLES[sample][2]))
+    except ModelLoadError as exc:
+        logger.warning("the demo uses the default model: %s", exc)
+    widget.segment_panel.run()
     napari.run()
     return 0

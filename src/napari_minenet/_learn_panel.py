@@ -6,6 +6,7 @@ Only layers, controls and threads live here; the examples folder is
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import threading
 import time
@@ -24,7 +25,8 @@ from . import _qt_common as common
 from ._layer_data import full_plane, visible_box
 from ._learn_view import build_controls
 from ._loss_plot import LossPlot
-from ._segment_panel import EXPECTED_ERRORS, SegmentPanel
+from ._segment_slide import EXPECTED_ERRORS
+from ._widget_state import WidgetState
 from .data import InputError, working_scale
 from .edits import changed_objects
 from .examples import ExampleStore, default_examples_folder
@@ -43,10 +45,10 @@ class LearnPanel(QWidget):
 
     finetuned = Signal(object)  # FinetuneResult
 
-    def __init__(self, viewer: napari.Viewer, segment_panel: SegmentPanel, parent: QWidget | None = None) -> None:
+    def __init__(self, viewer: napari.Viewer, state: WidgetState, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.viewer = viewer
-        self.segment_panel = segment_panel
+        self.state = state  # read here, written by the Segment section
         self.store: ExampleStore | None = None
         #: the examples folder this panel suggested for the last image (None once the user
         #: chose one: then it stays, whatever image is segmented next)
@@ -77,9 +79,9 @@ class LearnPanel(QWidget):
         self.finetune_button.clicked.connect(self.start_finetune)
         self.pause_button.toggled.connect(self._on_pause)
         self.cancel_button.clicked.connect(self.cancel)
-        segment_panel.segmented.connect(self._on_segmented)
-        segment_panel.segmented.connect(self._report_change)
-        segment_panel.relabelled.connect(lambda _: self._update_edited())
+        state.segmented.connect(self._on_segmented)
+        state.segmented.connect(self._report_change)
+        state.relabelled.connect(lambda _: self._update_edited())
         self._refresh_list()
 
     # ------------------------------------------------------------------ corrections
@@ -89,7 +91,7 @@ class LearnPanel(QWidget):
         if layer not in self._watched_layers:  # a re-segmented image reuses its labels layer
             self._watched_layers.add(layer)
             layer.events.paint.connect(lambda _: self._edit_timer.start())
-        image = self.segment_panel.source_layer
+        image = self.state.image_layer
         source = getattr(getattr(image, "source", None), "path", None) if image is not None else None
         name = image.name if image is not None else "image"
         suggested = str(default_examples_folder(source, name))
@@ -111,12 +113,12 @@ class LearnPanel(QWidget):
 
     def edited_pixels(self) -> int | None:
         """Pixels of the labels layer that differ from the prediction."""
-        panel = self.segment_panel
-        layer, result = panel.labels_layer, panel.result
+        state = self.state
+        layer, result = state.labels_layer, state.result
         if layer is None or result is None or layer not in self.viewer.layers:
             return None
         data = np.asarray(layer.data)
-        predicted = full_plane(panel.region, result.labels, np.uint32)
+        predicted = full_plane(state.region, result.labels, np.uint32)
         if data.shape != predicted.shape:
             return None
         return int(np.count_nonzero((data > 0) != (predicted > 0)) + np.count_nonzero(
@@ -190,8 +192,8 @@ class LearnPanel(QWidget):
 
     def add_example(self) -> None:
         """Save the corrected labels (whole / visible / rectangle) with the image pixels."""
-        panel = self.segment_panel
-        layer, region = panel.labels_layer, panel.region
+        state = self.state
+        layer, region = state.labels_layer, state.region
         if layer is None or layer not in self.viewer.layers or region is None:
             common.notify_error("Segment an image first, then correct the labels and add them.")
             return
@@ -204,11 +206,11 @@ class LearnPanel(QWidget):
         )
         plane = labels[plane_index] if region.lead_shape else labels
         image = region.data if region.lead_index is not None else region.data[plane_index]
-        card = panel.model.card if panel.model is not None else None
-        full_plane = panel.source_layer.data[0] if panel.source_layer.multiscale else panel.source_layer.data
-        full_hw = full_plane.shape[len(region.lead_shape): len(region.lead_shape) + 2]
+        card = state.model.card if state.model is not None else None
+        level0 = state.image_layer.data[0] if state.image_layer.multiscale else state.image_layer.data
+        full_hw = level0.shape[len(region.lead_shape): len(region.lead_shape) + 2]
         scale = working_scale(full_hw, card.working_long_side) if card and card.working_long_side else None
-        predicted = np.asarray(panel.result.labels) if panel.result is not None else None
+        predicted = np.asarray(state.result.labels) if state.result is not None else None
         if predicted is not None and predicted.ndim > 2:  # a stack segmented slice by slice
             predicted = predicted[plane_index]
         try:
@@ -216,7 +218,7 @@ class LearnPanel(QWidget):
             edited = self.edited_pixels()
             record = self.store.add(
                 image[y0:y1, x0:x1], plane[y0:y1, x0:x1],
-                source=panel.source_layer.name if panel.source_layer is not None else "",
+                source=state.image_layer.name if state.image_layer is not None else "",
                 box=(y0 + region.offset[0], y1 + region.offset[0], x0 + region.offset[1], x1 + region.offset[1]),
                 model=card.name if card else "", edited_pixels=edited, scale=scale,
                 # what the model predicted: fine-tuning learns from where the user changed it
@@ -256,7 +258,7 @@ class LearnPanel(QWidget):
         """Fine-tune the selected model on the examples in a worker thread."""
         if self.worker is not None:
             return
-        parent = self.segment_panel.model
+        parent = self.state.model
         if parent is None:
             common.notify_error("Choose a model to fine-tune first.")
             return
@@ -270,7 +272,7 @@ class LearnPanel(QWidget):
             return
         budget = float(max_seconds if max_seconds else self.budget_spin.value())
         cfg = dataclasses.replace(self.settings, max_seconds=budget,
-                                  device=self.segment_panel.device_combo.currentData())
+                                  device=self.state.device)
         cancel, pause = threading.Event(), threading.Event()
         self._cancel_event, self._pause_event = cancel, pause
         sources = [f"{self.store.folder}/{r.id}" for r in self.store.records]
@@ -338,10 +340,13 @@ class LearnPanel(QWidget):
             self.pause_button.setText("Pause")
 
     def cancel(self) -> None:
+        """Stop fine-tuning at the next step (a paused run too); nothing is saved. Also safe
+        while the widget is being destroyed (the controls may already be gone then)."""
         self._cancel_event.set()
         self._pause_event.clear()
-        self.cancel_button.setEnabled(False)
-        self.progress_bar.setFormat("cancelling...")
+        with contextlib.suppress(RuntimeError):  # wrapped C/C++ object deleted
+            self.cancel_button.setEnabled(False)
+            self.progress_bar.setFormat("cancelling...")
 
     def _set_running(self, running: bool) -> None:
         self.finetune_button.setEnabled(not running)
@@ -394,13 +399,13 @@ class LearnPanel(QWidget):
         self.status_label.setText(f"Kept {result.model.card.name}: {result.reason}. {timing}.")
         common.notify_info(f"Saved and selected {result.model.card.name}: {result.reason}")
         self._previous_labels = self._current_labels()
-        self.segment_panel.select_model(result.saved_to)
+        self.state.use_model(result.saved_to)
         self.finetuned.emit(result)
-        if self.resegment_check.isChecked() and self.segment_panel.image_layer() is not None:
-            self.segment_panel.run()
+        if self.resegment_check.isChecked():
+            self.state.segment_again()
 
     def _current_labels(self) -> np.ndarray | None:
-        layer = self.segment_panel.labels_layer
+        layer = self.state.labels_layer
         if layer is None or layer not in self.viewer.layers:
             return None
         return np.array(layer.data, copy=True)
@@ -410,7 +415,7 @@ class LearnPanel(QWidget):
         previous, self._previous_labels = self._previous_labels, None
         if previous is None or layer is None or previous.shape != np.shape(layer.data):
             return
-        card = self.segment_panel.model.card if self.segment_panel.model is not None else None
+        card = self.state.model.card if self.state.model is not None else None
         changed = changed_objects(previous, np.asarray(layer.data), instances=bool(card and card.instances))
         noun = card.object_name if card is not None else "objects"
         text = f"The new version changed {changed} {noun} on this image." if card and card.instances else (

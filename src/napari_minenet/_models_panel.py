@@ -9,7 +9,7 @@ from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QFileDialog, QHBoxLayout, QPushButton, QTreeWidget, QTreeWidgetItem, QVBoxLayout, QWidget
 
 from . import _qt_common as common
-from ._segment_panel import SegmentPanel
+from ._widget_state import WidgetState
 from .zoo import ModelInfo, list_models
 
 
@@ -24,9 +24,9 @@ def _score(info: ModelInfo) -> str:
 
 
 class ModelsPanel(QWidget):
-    def __init__(self, segment_panel: SegmentPanel, parent: QWidget | None = None) -> None:
+    def __init__(self, state: WidgetState, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.segment_panel = segment_panel
+        self.state = state  # read here, written by the Segment section
         self.tree = QTreeWidget()
         self.tree.setHeaderLabels(["Model", "Score", "Parent"])
         self.tree.setRootIsDecorated(False)
@@ -46,11 +46,11 @@ class ModelsPanel(QWidget):
         self.revert_button.clicked.connect(self.revert)
         self.export_button.clicked.connect(self.export_selected)
         self.tree.itemDoubleClicked.connect(lambda *_: self.use_selected())
-        segment_panel.model_changed.connect(lambda _: self.refresh())
+        state.model_changed.connect(lambda _: self.refresh())
         self.refresh()
 
     def refresh(self) -> None:
-        current = self.segment_panel.model_picker.current_path()
+        current = self.state.model_path
         self.tree.clear()
         for info in list_models():
             item = QTreeWidgetItem([info.name, _score(info), info.parent or ""])
@@ -62,7 +62,7 @@ class ModelsPanel(QWidget):
                 item.setFont(0, font)
             self.tree.addTopLevelItem(item)
         self.tree.resizeColumnToContents(0)
-        model = self.segment_panel.model
+        model = self.state.model
         self.revert_button.setEnabled(bool(model and model.card.parent))
 
     def selected_path(self) -> str | None:
@@ -72,24 +72,24 @@ class ModelsPanel(QWidget):
     def use_selected(self) -> None:
         path = self.selected_path()
         if path:
-            self.segment_panel.select_model(path)
+            self.state.use_model(path)
 
     def revert(self) -> None:
         """Select the parent of the current model (one step back in its history)."""
-        model = self.segment_panel.model
+        model = self.state.model
         if model is None or not model.card.parent:
             common.notify_info("This model has no parent to revert to.")
             return
         for info in list_models():
             if info.name == model.card.parent:
-                self.segment_panel.select_model(info.path)
+                self.state.use_model(info.path)
                 common.notify_info(f"Reverted to {info.name}.")
                 return
         common.notify_error(f"The parent model '{model.card.parent}' is no longer installed.")
 
     def export_selected(self, path: str | None = None) -> None:
         """Export the selected (or current) model to ONNX in a worker."""
-        source = self.selected_path() or self.segment_panel.model_picker.current_path()
+        source = self.selected_path() or self.state.model_path
         if not source:
             common.notify_error("Select a model to export.")
             return

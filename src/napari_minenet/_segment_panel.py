@@ -6,6 +6,7 @@ Only layers, controls and threads live here; segmentation itself is
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import warnings
@@ -16,7 +17,6 @@ import napari
 import numpy as np
 from napari.qt.threading import create_worker
 from napari.utils import progress as napari_progress
-from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QWidget
 
 from . import _qt_common as common
@@ -31,13 +31,20 @@ from ._segment_view import (
     build_controls,
     label_colormap,
 )
+from ._widget_state import WidgetState
 from .data import GreyImageWarning, InputError
 from .inference import Cancelled
-from .segmentation import SegmentationResult, StackResult, segment, segment_stack
+from .segmentation import segment, segment_stack
 from .slide_engine import SlideResult
 from .zoo import ModelLoadError, SegmentationModel, load_model
 
 __all__ = ["SegmentPanel", "EXPECTED_ERRORS", "BRIGHT_COLOURS", "label_colormap"]
+
+
+def _shared(name: str, doc: str) -> property:
+    """An attribute of the panel that is a field of its WidgetState."""
+    return property(lambda self: getattr(self.state, name), lambda self, value: setattr(self.state, name, value),
+                    doc=doc)
 
 
 def _duration(seconds: float) -> str:
@@ -53,20 +60,36 @@ class SegmentPanel(SlideActions, ResultActions, QWidget):
     ``_segment_results``.
     """
 
-    segmented = Signal(object)  # the Labels layer
-    relabelled = Signal(object)  # the Labels layer, recomputed from the cached probabilities
-    model_changed = Signal(object)  # SegmentationModel
+    # what this section shares with the others lives in the widget state (read and written
+    # here under the names the section always had)
+    result = _shared("result", "the last SegmentationResult / StackResult")
+    labels_layer = _shared("labels_layer", "the editable Labels layer of the result")
+    source_layer = _shared("image_layer", "the image layer the result came from")
+    region = _shared("region", "the ImageRegion the result covers")
+    model = _shared("model", "the SegmentationModel in use")
 
-    def __init__(self, viewer: napari.Viewer, parent: QWidget | None = None) -> None:
+    @property
+    def segmented(self):
+        """Signal: a new segmentation is shown (the Labels layer)."""
+        return self.state.segmented
+
+    @property
+    def relabelled(self):
+        """Signal: the labels were recomputed from the cached probabilities (the Labels layer)."""
+        return self.state.relabelled
+
+    @property
+    def model_changed(self):
+        """Signal: the model in use changed (SegmentationModel)."""
+        return self.state.model_changed
+
+    def __init__(self, viewer: napari.Viewer, parent: QWidget | None = None, *,
+                 state: WidgetState | None = None) -> None:
         super().__init__(parent)
         self.viewer = viewer
+        self.state = state if state is not None else WidgetState(self)
         self.worker = None
         self.relabel_worker = None
-        self.result: SegmentationResult | StackResult | None = None
-        self.labels_layer: napari.layers.Labels | None = None
-        self.source_layer: napari.layers.Image | None = None
-        self.region: ImageRegion | None = None
-        self.model: SegmentationModel | None = None
         self._cancel_event = threading.Event()
         self._pbar = None
         self._pending_relabel = False
@@ -89,6 +112,10 @@ class SegmentPanel(SlideActions, ResultActions, QWidget):
         self.save_region_button.clicked.connect(lambda: self.save_corrections_to_slide())
         self.display_group.buttonClicked.connect(lambda _: self.apply_display())
         self.image_combo.currentIndexChanged.connect(self._update_stack_controls)
+        self.device_combo.currentIndexChanged.connect(self._on_device_changed)
+        self.state.model_requested.connect(self.select_model)
+        self.state.segment_requested.connect(self._segment_again)
+        self._on_device_changed()
         viewer.layers.events.inserted.connect(self._refresh_images)
         viewer.layers.events.removed.connect(self._refresh_images)
         viewer.layers.events.removed.connect(self._on_layer_removed)
@@ -146,9 +173,17 @@ class SegmentPanel(SlideActions, ResultActions, QWidget):
 
     # ------------------------------------------------------------------ model
 
+    def _on_device_changed(self, *_: Any) -> None:
+        self.state.device = self.device_combo.currentData()
+
+    def _segment_again(self) -> None:
+        if self.image_layer() is not None:
+            self.run()
+
     def _on_model_selected(self, path: str | None) -> None:
         if not path:
             return
+        self.state.model_path = path
         try:
             self.model = load_model(path)
         except ModelLoadError as exc:
@@ -244,10 +279,12 @@ class SegmentPanel(SlideActions, ResultActions, QWidget):
         self.worker.start()
 
     def cancel(self) -> None:
-        """Stop the running segmentation after the current tile."""
+        """Stop the running segmentation after the current tile (also while the widget is
+        being destroyed: the controls may already be gone then)."""
         self._cancel_event.set()
-        self.cancel_button.setEnabled(False)
-        self.progress_bar.setFormat("cancelling...")
+        with contextlib.suppress(RuntimeError):  # wrapped C/C++ object deleted
+            self.cancel_button.setEnabled(False)
+            self.progress_bar.setFormat("cancelling...")
 
     def _on_progress(self, done: int, total: int) -> None:
         """"12 / 169 tiles, ~40 s left": the time left from the rate since the first report

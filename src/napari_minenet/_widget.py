@@ -1,7 +1,8 @@
 """The Mini-Net dock widget: Segment, Correct & learn, Models, top to bottom as in the workflow.
 
 Each section is its own class in its own module; this container only stacks them and
-connects their signals. No model logic lives in the widget layer: every action calls the
+gives them one shared WidgetState (the sections read it and subscribe to its signals, never
+each other). No model logic lives in the widget layer: every action calls the
 headless core (segmentation, finetuning, zoo) in a napari thread worker.
 """
 
@@ -14,6 +15,7 @@ from qtpy.QtWidgets import QApplication, QFrame, QScrollArea, QSizePolicy, QTool
 from ._learn_panel import LearnPanel
 from ._models_panel import ModelsPanel
 from ._segment_panel import SegmentPanel
+from ._widget_state import WidgetState
 
 
 class Section(QWidget):
@@ -58,14 +60,16 @@ class MiniNetWidget(QWidget):
     def __init__(self, napari_viewer: napari.Viewer) -> None:
         super().__init__()
         self.viewer = napari_viewer
-        self.segment_panel = SegmentPanel(napari_viewer, self)
+        #: what the sections share (image, model, result, region, labels layer), with signals
+        self.state = WidgetState(self)
+        self.segment_panel = SegmentPanel(napari_viewer, self, state=self.state)
 
         content = QWidget()
         layout = QVBoxLayout(content)
         layout.setContentsMargins(6, 4, 6, 4)
         layout.setSpacing(6)
-        self.learn_panel = LearnPanel(napari_viewer, self.segment_panel, self)
-        self.models_panel = ModelsPanel(self.segment_panel, self)
+        self.learn_panel = LearnPanel(napari_viewer, self.state, self)
+        self.models_panel = ModelsPanel(self.state, self)
         # the model list is needed least often: folded until a new version is saved
         self.sections = {
             "segment": Section("1. Segment", self.segment_panel),
@@ -90,9 +94,8 @@ class MiniNetWidget(QWidget):
         segment_panel, learn_panel = self.segment_panel, self.learn_panel
 
         def stop_work(*_) -> None:
-            segment_panel._cancel_event.set()
-            learn_panel._cancel_event.set()
-            learn_panel._pause_event.clear()
+            segment_panel.cancel()
+            learn_panel.cancel()
 
         self.destroyed.connect(stop_work)
         app = QApplication.instance()
