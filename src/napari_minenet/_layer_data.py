@@ -7,11 +7,38 @@ full-resolution level of a multiscale image.
 
 from __future__ import annotations
 
+import logging
+import threading
 from dataclasses import dataclass
 
 import numpy as np
 
 from .data import InputError
+
+logger = logging.getLogger(__name__)
+
+
+def warm_up_labels_layers() -> threading.Thread:
+    """Build and drop a tiny napari Labels layer on a background thread.
+
+    napari's first Labels layer in a process pays for imports and for loading its numba
+    colormap kernels (1.2 s of the 1.26 s the first result took to show here, on the GUI
+    thread, freezing the window at the end of the first segmentation). Paying it while the
+    user picks an image and a model keeps that first result as quick as the next ones.
+    """
+
+    def build() -> None:
+        try:
+            from napari.layers import Labels
+
+            Labels(np.zeros((4, 4), np.uint32))
+        except Exception:  # noqa: BLE001 - only a warm-up: the real layer reports real errors
+            logger.debug("warming up napari's Labels layer failed", exc_info=True)
+
+    thread = threading.Thread(target=build, name="minenet-labels-warm-up", daemon=True)
+    thread.start()
+    return thread
+
 
 #: above this many pixels per plane, "whole image" refuses and suggests the visible region
 MAX_WHOLE_PIXELS = 400_000_000

@@ -12,6 +12,7 @@ import napari
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QApplication, QFrame, QScrollArea, QSizePolicy, QToolButton, QVBoxLayout, QWidget
 
+from ._layer_data import warm_up_labels_layers
 from ._learn_panel import LearnPanel
 from ._models_panel import ModelsPanel
 from ._segment_panel import SegmentPanel
@@ -60,6 +61,7 @@ class MiniNetWidget(QWidget):
     def __init__(self, napari_viewer: napari.Viewer) -> None:
         super().__init__()
         self.viewer = napari_viewer
+        warm_up_labels_layers()  # napari's first-layer cost off the GUI thread, before the first result
         #: what the sections share (image, model, result, region, labels layer), with signals
         self.state = WidgetState(self)
         self.segment_panel = SegmentPanel(napari_viewer, self, state=self.state)
