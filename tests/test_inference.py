@@ -295,20 +295,88 @@ def test_predict_returns_the_foreground_channel(tiny_model, make_blobs):
 
 
 def test_working_size_is_undone_in_the_output(tiny_card, make_blobs):
+    """The network sees the image at the card's working size; the maps come back at the
+    image's size: what the same network gives on the resized image, resized back."""
+    import copy
+    import dataclasses
+
+    from napari_minenet.data import rescale_image, working_scale
+    from napari_minenet.inference import _resize_probs
+
     torch.manual_seed(0)
     model = SegmentationModel.new(tiny_card(working_long_side=64))
+    native = SegmentationModel(copy.deepcopy(model.network), dataclasses.replace(model.card, working_long_side=None))
     rgb, _ = make_blobs((120, 90), seed=7)
     probs = predict_tiled(rgb, model, device="cpu")
     assert probs.shape == (2, 120, 90)
     assert 0.0 <= probs.min() <= probs.max() <= 1.0
+    small = rescale_image(rgb, working_scale(rgb.shape, 64))
+    assert small.shape[:2] == (64, 48)
+    expected = _resize_probs(predict_tiled(small, native, device="cpu").astype(np.float32), (120, 90))
+    np.testing.assert_allclose(probs, expected, atol=1e-5)
+    assert np.abs(probs - predict_tiled(rgb, native, device="cpu")).max() > 1e-3  # not the native-size result
 
 
-def test_running_bn_statistics_mode(tiny_card, make_blobs):
+@pytest.mark.parametrize("mode", ["running", "image"])
+def test_running_bn_statistics_mode(tiny_card, make_blobs, mode):
+    """'running' uses the statistics stored in the weights (changing them changes the
+    output); 'image' re-estimates them on the image (the stored ones do not matter)."""
     torch.manual_seed(0)
-    model = SegmentationModel.new(tiny_card(bn_statistics="running"))
+    model = SegmentationModel.new(tiny_card(bn_statistics=mode))
     rgb, _ = make_blobs(64, seed=7)
     probs = predict_tiled(rgb, model, device="cpu")
     assert probs.shape == (2, 64, 64) and np.isfinite(probs).all()
+    with torch.no_grad():
+        model.network.stem.bn.running_mean.add_(0.5)
+        model.network.stem.bn.running_var.mul_(4.0)
+    changed = np.abs(predict_tiled(rgb, model, device="cpu") - probs).max()
+    if mode == "running":
+        assert changed > 1e-3
+    else:
+        assert changed < 1e-5
+
+
+def test_statistics_of_a_large_image_come_from_tiles_spread_over_it(tiny_model, monkeypatch):
+    """Above BN_WHOLE_IMAGE_PIXELS (1 Mpx; lowered here) AdaBN estimates the statistics on
+    a sample of BN_SAMPLE_TILE squares spread over the whole image, not on the whole image
+    and not on its first tiles; smaller images use the whole image."""
+    import napari_minenet.inference as inference
+
+    seen = []
+    real = inference.adapt_batchnorm
+
+    def spy(net, batch, **kwargs):
+        seen.append(batch.detach().clone())
+        return real(net, batch, **kwargs)
+
+    monkeypatch.setattr(inference, "adapt_batchnorm", spy)
+    monkeypatch.setattr(inference, "BN_WHOLE_IMAGE_PIXELS", 150 * 150)
+    monkeypatch.setattr(inference, "BN_SAMPLE_PIXELS", 9 * 32 * 32)
+    monkeypatch.setattr(inference, "BN_SAMPLE_TILE", 32)
+    rng = np.random.default_rng(0)
+    small = rng.integers(0, 255, (128, 128, 3), dtype=np.uint8)
+    predict_tiled(small, tiny_model, device="cpu")
+    assert seen[-1].shape == (1, 3, 128, 128)  # the whole image
+    big = rng.integers(0, 255, (320, 256, 3), dtype=np.uint8)
+    # every tile knows where it came from: its rows / columns are coded in the pixels
+    big[..., 0] = (np.arange(320) // 2)[:, None]
+    big[..., 1] = np.arange(256)[None, :]
+    predict_tiled(big, tiny_model, device="cpu")
+    batch = seen[-1]
+    assert batch.shape[1:] == (3, 32, 32) and 4 <= batch.shape[0] <= 9
+    boxes = inference._sample_boxes(320, 256, 9 * 32 * 32, 32)
+    assert len(boxes) == batch.shape[0]
+    assert all(y1 - y0 == 32 and x1 - x0 == 32 and 0 <= y0 and y1 <= 320 and 0 <= x0 and x1 <= 256
+               for y0, y1, x0, x1 in boxes)
+    rows = {y0 for y0, *_ in boxes}
+    cols = {x0 for _, _, x0, _ in boxes}
+    assert min(rows) < 64 and max(rows) > 320 - 96 and min(cols) < 64 and max(cols) > 256 - 96  # spread out
+    # the batch holds exactly those boxes' pixels, all normalised alike (one affine map per channel)
+    crops = np.stack([big[y0:y1, x0:x1] for y0, y1, x0, x1 in boxes]).astype(np.float64)
+    for c in range(3):
+        x, y = crops[..., c].ravel(), batch[:, c].double().numpy().ravel()
+        a, b = np.polyfit(x, y, 1)
+        assert abs(a) > 1e-6 and np.abs(a * x + b - y).max() < 1e-4
 
 
 def test_adapt_batchnorm_uses_the_batch_statistics_and_leaves_the_network_unchanged(tiny_model):
