@@ -150,6 +150,8 @@ def test_correction_scores_count_fixed_broken_and_rest():
     s = correction_scores(drifted, parent, corrected, corr, [1, 2], candidate_prob=good_prob, parent_prob=parent_prob)
     ok, why = correction_acceptance(s, RULE)
     assert not ok and "of what you did not correct" in why
+    ok, why = correction_acceptance(s, JudgeRule(min_loss_drop=0.02, max_rest_changed=0.0125))
+    assert not ok and "changes more than 1.25 % of what you did not correct" in why
     # the vessels kind of rule: closer on the loss is not enough, the edited pixels must flip
     s = correction_scores(parent, parent, corrected, corr, [1, 2], candidate_prob=near_prob, parent_prob=parent_prob)
     ok, why = correction_acceptance(s, JudgeRule(min_loss_drop=0.0, min_agreement_gain=0.08))

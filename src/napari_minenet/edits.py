@@ -303,5 +303,5 @@ def correction_acceptance(scores: CorrectionScores, rule: JudgeRule) -> tuple[bo
         return False, (f"reproduces too little of your corrections (needs {100 * rule.min_agreement_gain:.0f} more "
                        f"points of their pixels): {summary}")
     if scores.rest_changed_fraction > rule.max_rest_changed:
-        return False, f"changes more than {100 * rule.max_rest_changed:.0f} % of what you did not correct: {summary}"
+        return False, f"changes more than {100 * rule.max_rest_changed:g} % of what you did not correct: {summary}"
     return True, summary
