@@ -216,19 +216,37 @@ def test_finetune_cancel_changes_nothing(tmp_path):
     assert [m.name for m in list_models() if m.source == "user"] == ["parent"]
 
 
-def test_finetune_cli(tmp_path, capsys):
+def _finetune_cli(tmp_path, monkeypatch, *, steps: int, lr: str):
+    """`napari-minenet finetune` for a fixed number of steps (not a time budget, which a busy
+    machine would turn into fewer steps)."""
+    import functools
+
+    from napari_minenet import finetuning
     from napari_minenet.cli import main
 
+    monkeypatch.setattr(finetuning, "FinetuneConfig", functools.partial(FinetuneConfig, max_steps=steps))
     _model()
     store = ExampleStore(tmp_path / "ex")
     for i in range(2):
         store.add(*_pair(20 + i, 128))
     out = tmp_path / "tuned"
     code = main(["finetune", "--model", "parent", "--data", str(tmp_path / "ex"), "-o", str(out),
-                 "--max-seconds", "4", "--lr", "5e-3", "--l2sp", "0", "--patch-size", "64", "--batch-size", "2"])
+                 "--max-seconds", "300", "--lr", lr, "--l2sp", "0", "--patch-size", "64", "--batch-size", "2"])
+    return code, out.with_suffix(".safetensors")
+
+
+def test_finetune_cli_keeps_a_better_version(tmp_path, capsys, monkeypatch):
+    code, weights = _finetune_cli(tmp_path, monkeypatch, steps=18, lr="5e-3")
     text = capsys.readouterr().out
-    assert ("accepted" in text and code == 0 and out.with_suffix(".safetensors").is_file()) or \
-        ("rejected" in text and code == 3 and not out.with_suffix(".safetensors").exists())
+    assert "accepted: held-out loss" in text and code == 0, text[-400:]
+    assert weights.is_file() and load_model(weights).card.parent == "parent"
+
+
+def test_finetune_cli_refuses_a_version_that_is_not_better(tmp_path, capsys, monkeypatch):
+    code, weights = _finetune_cli(tmp_path, monkeypatch, steps=4, lr="1e-12")  # the weights cannot move
+    text = capsys.readouterr().out
+    assert "rejected: not better than the parent" in text and code == 3, text[-400:]
+    assert not weights.exists()
 
 
 @pytest.mark.parametrize("mode", ["norm", "all"])
@@ -258,7 +276,11 @@ def test_finetune_rejects_unknown_train_mode():
 def test_acceptance_needs_lower_loss_and_no_lower_f1():
     assert acceptance({"loss": 0.5, "f1": 0.8}, {"loss": 0.4, "f1": 0.81})[0]
     assert acceptance({"loss": 0.5}, {"loss": 0.4})[0]
-    assert FinetuneConfig().min_gain == pytest.approx(0.03)
+    # the default rule is the settings' min_gain: just under it is refused, just over it kept
+    gain = FinetuneConfig().min_gain
+    assert 0 < gain < 1
+    assert not acceptance({"loss": 0.5}, {"loss": 0.5 * (1 - 0.9 * gain)})[0]
+    assert acceptance({"loss": 0.5}, {"loss": 0.5 * (1 - 1.1 * gain)})[0]
     ok, why = acceptance({"loss": 0.5, "f1": 0.8}, {"loss": 0.4, "f1": 0.7})
     assert not ok and "F1 0.8000 -> 0.7000" in why
     ok, why = acceptance({"loss": 0.5, "f1": 0.8, "aji": 0.6}, {"loss": 0.4, "f1": 0.85, "aji": 0.55})

