@@ -496,7 +496,9 @@ def test_discarding_corrections_resets_the_edit_counter(make_napari_viewer, qtbo
     layer.paint((50, 50), layer.selected_label)
     qtbot.waitUntil(lambda: learn.edited_label.text().startswith("You changed"), timeout=5_000)
     asked = []
-    monkeypatch.setattr(common, "confirm", lambda *a: asked.append(a[1]) or True)
+    from qtpy.QtWidgets import QMessageBox
+
+    monkeypatch.setattr(QMessageBox, "question", lambda parent, title, *a: asked.append(title) or QMessageBox.Yes)
     target = 30 if panel.threshold_slider.value() != 30 else 70
     panel.threshold_slider.setValue(target)
     qtbot.waitUntil(lambda: panel.result.threshold == target / 100 and panel.relabel_worker is None, timeout=10_000)

@@ -45,7 +45,7 @@ def notify_info(message: str) -> None:
 
 
 def confirm(parent: QWidget, title: str, question: str) -> bool:
-    """Ask a yes/no question (tests replace this function)."""
+    """Ask a yes/no question in a dialog; True for Yes."""
     answer = QMessageBox.question(parent, title, question, QMessageBox.Yes | QMessageBox.No, QMessageBox.No)
     return answer == QMessageBox.Yes
 
