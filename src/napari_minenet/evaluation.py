@@ -35,7 +35,7 @@ def evaluate_examples(
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """(mean metrics, per-image rows) for examples already in memory."""
-    model = load_model(model) if not isinstance(model, SegmentationModel) else model
+    model = load_model(model)  # a SegmentationModel is passed through
     rows = []
     for k, ex in enumerate(examples):
         if progress is not None:
@@ -67,7 +67,7 @@ def evaluate(
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """``{"model", "data", "mean": {...}, "per_image": [{"id", ...}]}`` for a dataset folder."""
-    model = load_model(model) if not isinstance(model, SegmentationModel) else model
+    model = load_model(model)  # a SegmentationModel is passed through
     examples = load_dataset(data, ids=ids)
     mean, rows = evaluate_examples(examples, model, device=device, threshold=threshold, use_contours=use_contours,
                                    progress=progress)

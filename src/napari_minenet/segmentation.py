@@ -115,7 +115,7 @@ def segment(
     """
     from .auto_size import estimate_and_segment, plan_scale, post_processes_at_model_scale
 
-    model = load_model(model) if not isinstance(model, SegmentationModel) else model
+    model = load_model(model)  # a SegmentationModel is passed through
     card = model.card
     scale, pixel_size, auto = plan_scale(card, pixel_size, scale)
     if auto:
@@ -258,7 +258,7 @@ def segment_stack(
     ``progress`` counts planes; ``cancel`` is checked between tiles. A 2-D image gives a
     one-plane result.
     """
-    model = load_model(model) if not isinstance(model, SegmentationModel) else model
+    model = load_model(model)  # a SegmentationModel is passed through
     lead, rgb = split_planes(data, rgb)
     n = int(math.prod(lead)) if lead else 1
     planes = []

@@ -127,7 +127,7 @@ def segment_slide(
     opened = not isinstance(slide, Slide)
     slide = open_slide(slide) if opened else slide
     try:
-        model = load_model(model) if not isinstance(model, SegmentationModel) else model
+        model = load_model(model)  # a SegmentationModel is passed through
         options = copy.copy(options) if options is not None else SlideOptions()
         out = Path(out)
         geojson = Path(geojson) if geojson is not None else None
