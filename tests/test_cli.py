@@ -509,3 +509,22 @@ def test_segment_pixel_size_auto_without_metadata_estimates(blobs_png, trained_m
     assert rc == 0, captured.err
     assert "pixel size unknown; size: objects" in captured.out
     assert "area_um2" not in (tmp_path / "out" / "blobs_measurements.csv").read_text()  # no pixel size, no um
+
+
+def test_debug_shows_the_fallbacks_the_modules_log(tmp_path, monkeypatch, capsys):
+    """NAPARI_MINENET_DEBUG=1 turns on the package's loggers (the fallbacks they report)."""
+    import logging
+
+    from napari_minenet.cli import main
+
+    broken = tmp_path / "broken.tif"
+    broken.write_bytes(b"not a tiff")
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", [])  # basicConfig installs a fresh handler on stderr
+    monkeypatch.setattr(root, "level", logging.WARNING)
+    code = main(["segment", str(broken), "-o", str(tmp_path / "out")])
+    assert code == 1 and "DEBUG" not in capsys.readouterr().err  # quiet by default
+    monkeypatch.setenv("NAPARI_MINENET_DEBUG", "1")
+    code = main(["segment", str(broken), "-o", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 1 and "DEBUG napari_minenet.slides: " in err and "is not a slide" in err

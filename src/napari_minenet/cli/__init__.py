@@ -10,6 +10,7 @@ Building the parser imports neither torch nor the core modules that need it, so
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import warnings
@@ -44,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command; returns the exit code (see :data:`EXIT_CODES`)."""
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
+    if os.environ.get("NAPARI_MINENET_DEBUG"):  # the modules' loggers say which fallbacks were taken
+        logging.basicConfig(level=logging.DEBUG, format="%(levelname)s %(name)s: %(message)s")
     if args.command == "bench":
         args.bench_args = [a for a in extra if a != "--"]  # `bench -- --quick` works too
     elif extra:

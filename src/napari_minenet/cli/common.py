@@ -20,7 +20,8 @@ EXIT_CODES = f"""exit codes:
 
 limits: images over {MAX_IMAGE_PIXELS:,} pixels (all planes together) are refused before
 decoding (environment variable {MAX_IMAGE_PIXELS_ENV} changes it); tiles are 32 to
-{MAX_TILE_SIZE} px. Set NAPARI_MINENET_DEBUG=1 to see the traceback behind an error."""
+{MAX_TILE_SIZE} px. Set NAPARI_MINENET_DEBUG=1 to see the traceback behind an error and the
+log of every fallback taken (unreadable metadata, a slide run that cannot resume, ...)."""
 
 
 def progress_bar(total: int, desc: str, unit: str):
