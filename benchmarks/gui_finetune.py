@@ -55,6 +55,18 @@ def wait_for(signal, timeout_s: float) -> list:
     return got[0]
 
 
+def wait_until(predicate, timeout_s: float) -> None:
+    """Process Qt events until ``predicate()`` holds (a person waits for the widget too)."""
+    from qtpy.QtWidgets import QApplication
+
+    end = time.perf_counter() + timeout_s
+    while not predicate():
+        if time.perf_counter() > end:
+            raise TimeoutError(f"the widget was still busy after {timeout_s} s")
+        QApplication.processEvents()
+        time.sleep(0.01)
+
+
 def paint_corrections(layer, corrected: np.ndarray) -> int:
     """Write the corrected labels into the layer the way the brush does (one stroke per
     correction, through ``data_setitem`` so napari records it as a paint)."""
@@ -99,6 +111,7 @@ def main() -> None:
     for ex in chosen:
         layer = viewer.add_image(ex.image, name=ex.id, rgb=True)
         viewer.layers.selection.active = layer
+        wait_until(lambda: seg.worker is None, 600)  # the previous segmentation has fully finished
         seg.run_button.click()
         (labels_layer,) = wait_for(seg.segmented, 600)
         truth = ex.labels if seg.result.instances else ex.mask.astype(np.uint32)

@@ -82,3 +82,26 @@ def test_the_control_sits_in_the_segment_form(make_napari_viewer, blob_model, ma
     assert "Pixel size (um)" in texts
     assert form.itemAt(texts.index("Pixel size (um)"), QFormLayout.FieldRole).widget() is panel.pixel_size_spin
     assert np.isclose(panel.pixel_size_spin.maximum(), 50.0)
+
+
+def test_an_example_remembers_the_scale_it_was_segmented_at(make_napari_viewer, qtbot, blob_model, make_blobs,
+                                                            tmp_path):
+    """Fine-tuning must see a corrected example on the grid the network saw it on: an image
+    segmented at 1 um for a 0.5 um model is stored with scale 2 (its "before" labels come
+    from that scale)."""
+    from napari_minenet.examples import ExampleStore
+
+    image, _ = make_blobs(128, seed=11)
+    viewer, panel, layer = _panel(make_napari_viewer, blob_model, image)
+    panel.pixel_size_spin.setValue(1.0)
+    _run(qtbot, panel)
+    assert panel.result.scale == pytest.approx(2.0)
+    widget = viewer.window._dock_widgets["Mini-Net"].widget()
+    learn = widget.learn_panel
+    learn.open_store(tmp_path / "examples")
+    learn.scope_combo.setCurrentIndex(learn.scope_combo.findData("image"))
+    learn.add_button.click()
+    (record,) = ExampleStore(tmp_path / "examples").records
+    assert record.scale == pytest.approx(2.0)
+    (example,) = ExampleStore(tmp_path / "examples").load()
+    assert example.scale == pytest.approx(2.0) and example.before is not None

@@ -210,6 +210,10 @@ class LearnPanel(QWidget):
         level0 = state.image_layer.data[0] if state.image_layer.multiscale else state.image_layer.data
         full_hw = level0.shape[len(region.lead_shape): len(region.lead_shape) + 2]
         scale = working_scale(full_hw, card.working_long_side) if card and card.working_long_side else None
+        if state.result is not None and abs(state.result.scale - 1.0) > 1e-3:
+            # segmented at another scale (the pixel size, or the automatic size estimate):
+            # fine-tuning must see the example on the grid the network saw it on
+            scale = state.result.scale
         predicted = np.asarray(state.result.labels) if state.result is not None else None
         if predicted is not None and predicted.ndim > 2:  # a stack segmented slice by slice
             predicted = predicted[plane_index]
