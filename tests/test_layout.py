@@ -40,7 +40,6 @@ def test_readme_layout_names_every_module():
 KNOWN_OVERSIZED = {
     ("napari_minenet/inference.py", None),
     ("napari_minenet/inference.py", "predict_tiled"),
-    ("napari_minenet/finetuning/__init__.py", "finetune"),
 }
 
 

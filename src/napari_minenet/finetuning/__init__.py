@@ -92,6 +92,28 @@ def finetune(
     dev = select_device(cfg.device)
     torch.manual_seed(cfg.seed)
 
+    child, target = _new_version(parent_model, cfg, output, dev)
+    learn = learn_from_edits if any(ex.before is not None for ex in examples) else learn_from_labels
+    out = yield from learn(parent_model, child, examples, cfg, dev, cancel, pause)
+    card = child.card
+    card.training = _training_record(parent_model, cfg, out, dev, started, data_source,
+                                     example_sources or [ex.id for ex in examples])
+    card.metrics = {"held-out corrections": {"before": out.before, "after": out.after}}
+    if out.corrections is not None:
+        card.metrics["held-out corrections"]["judged"] = out.reason
+    saved = None
+    if out.accepted:
+        after_f1 = out.after.get("f1")
+        if after_f1 is not None:
+            card.metrics["held-out corrections"]["f1"] = after_f1
+        saved = save_model(child, target)
+    return FinetuneResult(child, out.accepted, out.reason, out.before, out.after, out.fit.steps, out.seconds, saved,
+                          corrections=out.corrections, total_seconds=time.perf_counter() - started)
+
+
+def _new_version(parent_model: SegmentationModel, cfg: FinetuneConfig, output, dev) -> tuple[SegmentationModel, Path]:
+    """A copy of the parent under its new name (and where it will be saved), with only the
+    parameters ``cfg.train`` names learning."""
     card = dataclasses.replace(parent_model.card)
     card.name = check_model_name(version_name(parent_model.card.name) if output is None
                                  else Path(output).name.removesuffix(".safetensors"))
@@ -106,15 +128,18 @@ def finetune(
         learning = set(norm_parameters(child.network))
         for name, param in child.network.named_parameters():
             param.requires_grad = name in learning
+    return child, target
 
-    learn = learn_from_edits if any(ex.before is not None for ex in examples) else learn_from_labels
-    out = yield from learn(parent_model, child, examples, cfg, dev, cancel, pause)
-    card.training = {
+
+def _training_record(parent_model: SegmentationModel, cfg: FinetuneConfig, out, dev, started: float,
+                     data_source: str, examples: list[str]) -> dict:
+    """What the new version's card records about how it was made."""
+    return {
         "kind": "fine-tune",
         "parent": parent_model.card.name,
         "parent_path": str(parent_model.path) if parent_model.path else None,
         "data": data_source,
-        "examples": example_sources or [ex.id for ex in examples],
+        "examples": examples,
         **out.record,
         "config": dataclasses.asdict(cfg),
         "steps": out.fit.steps,
@@ -124,14 +149,3 @@ def finetune(
         "hardware": hardware_description(dev),
         "torch": torch.__version__,
     }
-    card.metrics = {"held-out corrections": {"before": out.before, "after": out.after}}
-    if out.corrections is not None:
-        card.metrics["held-out corrections"]["judged"] = out.reason
-    saved = None
-    if out.accepted:
-        after_f1 = out.after.get("f1")
-        if after_f1 is not None:
-            card.metrics["held-out corrections"]["f1"] = after_f1
-        saved = save_model(child, target)
-    return FinetuneResult(child, out.accepted, out.reason, out.before, out.after, out.fit.steps, out.seconds, saved,
-                          corrections=out.corrections, total_seconds=time.perf_counter() - started)
