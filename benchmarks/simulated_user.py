@@ -47,14 +47,22 @@ def group_of(ident: str, group_by: str) -> str:
     return match.group(1) if match else ident
 
 
-def corrected_example(ex: TrainingExample, model, k: int, full: bool = False) -> tuple[TrainingExample, list[str], float]:
+def corrected_example(ex: TrainingExample, model, k: int, full: bool = False,
+                      pixel_size: str | float | None = None) -> tuple[TrainingExample, list[str], float]:
     """The example the widget would store after a person made k corrections on ``ex``;
     with ``full`` the whole ground truth, without a "before" (a fully labelled example, as
-    ``napari-minenet finetune --data`` reads from a folder)."""
+    ``napari-minenet finetune --data`` reads from a folder). ``pixel_size`` segments as the
+    widget's Pixel size control does ("auto": the automatic size estimate); the example then
+    keeps the scale the network saw, as the widget stores it."""
     t0 = time.perf_counter()
     if full:
         return dataclasses.replace(ex, before=None), ["full"], time.perf_counter() - t0
-    result = segment(ex.image, model, scale=ex.scale)
+    if pixel_size is None:
+        result = segment(ex.image, model, scale=ex.scale)
+    else:
+        result = segment(ex.image, model, pixel_size=pixel_size)
+        if abs(result.scale - 1.0) > 1e-3:
+            ex = dataclasses.replace(ex, scale=result.scale)
     truth = ex.labels if (ex.labels is not None and result.instances) else ex.mask.astype(np.uint32)
     corrected, kinds = simulate_corrections(result.labels, truth, k, prob=result.probability,
                                             instances=result.instances)
@@ -100,6 +108,8 @@ def main() -> None:
     ap.add_argument("--config", default="{}", help="JSON of FinetuneConfig fields to override (experiments)")
     ap.add_argument("--full-labels", action="store_true",
                     help="fine-tune on the chosen images' full ground truth instead of k corrections")
+    ap.add_argument("--pixel-size", default=None,
+                    help="segment with this pixel size (um) or 'auto' (the widget's default), as the widget does")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
@@ -122,7 +132,9 @@ def main() -> None:
                 parent_scores[key] = evaluate_examples(rest, parent)[0]
             before = parent_scores[key]
             for k in args.k:
-                made = [corrected_example(ex, parent, k, args.full_labels) for ex in chosen]
+                pixel_size = None if args.pixel_size in (None, "auto") else float(args.pixel_size)
+                made = [corrected_example(ex, parent, k, args.full_labels,
+                                          "auto" if args.pixel_size == "auto" else pixel_size) for ex in chosen]
                 edited = [m[0] for m in made]
                 kinds = [kind for m in made for kind in m[1]]
                 t0 = time.perf_counter()
@@ -149,7 +161,7 @@ def main() -> None:
                       f"{'KEPT' if result.accepted else 'not kept'}; F1 {before['f1']:.4f} -> {after['f1']:.4f}"
                       + (f", AJI {before['aji']:.4f} -> {after['aji']:.4f}" if "aji" in before else "")
                       + _judge_line(result.corrections) + f"  | {result.reason}", flush=True)
-    summary = {"model": args.model, "data": args.data, "full_labels": args.full_labels,
+    summary = {"model": args.model, "data": args.data, "full_labels": args.full_labels, "pixel_size": args.pixel_size,
                "config": dataclasses.asdict(cfg), "runs": rows}
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
