@@ -27,8 +27,6 @@ from .config import FinetuneConfig, Outcome, fit_for, sampler_for
 __all__ = ["learn_from_edits"]
 
 
-
-
 def _foreground(probs: np.ndarray, card) -> np.ndarray:
     contour = probs[1] if card.has_contours else None
     return labels_for(probs[0], contour, card, card.default_threshold, card.instances, card.min_size) > 0
