@@ -372,3 +372,10 @@ def test_errors_share_one_base_and_keep_their_builtin_bases():
         zoo.load_model("no-such-model-anywhere")
     with pytest.raises(RuntimeError):
         zoo.load_model("no-such-model-anywhere")
+
+
+def test_cancelled_is_one_of_the_package_errors():
+    from napari_minenet import errors, inference
+
+    assert inference.Cancelled is errors.Cancelled
+    assert issubclass(inference.Cancelled, errors.MinenetError)

@@ -55,3 +55,19 @@ def test_export_cli(tmp_path, capsys):
     assert main(["export", "--model", str(tmp_path / "exp.safetensors"), "-o", str(tmp_path / "out.onnx")]) == 0
     assert (tmp_path / "out.onnx").is_file() and (tmp_path / "out.json").is_file()
     assert "wrote" in capsys.readouterr().out
+
+
+def test_export_runs_the_networks_own_forward(monkeypatch, tmp_path):
+    """The exported graph is the network's forward (no copy of its layers in export.py): a
+    change to MiniNet.forward_padded reaches the ONNX file."""
+
+    from napari_minenet.model import MiniNet
+
+    torch.manual_seed(0)
+    model = SegmentationModel.new(ModelCard(name="fwd", task="nuclei", out_channels=2, bn_statistics="running"))
+    real = MiniNet.forward_padded
+    monkeypatch.setattr(MiniNet, "forward_padded", lambda self, x: real(self, x) * 0.0 - 3.0)
+    path = export_onnx(model, tmp_path / "fwd.onnx")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    out = session.run(None, {"image": np.random.default_rng(0).random((1, 3, 32, 32), dtype=np.float32)})[0]
+    np.testing.assert_allclose(out, 1 / (1 + np.exp(3.0)), rtol=1e-5)

@@ -644,3 +644,26 @@ def test_native_bf16_detection_reads_the_cpu_flags(monkeypatch, tmp_path):
         monkeypatch.setattr(inference, "_NATIVE_BF16", None)
         assert inference.native_bf16_cpu() is (expected and torch.backends.mkldnn.is_available())
     monkeypatch.setattr(inference, "_NATIVE_BF16", None)
+
+
+def test_tiles_keep_to_the_networks_grid(tiny_card, make_blobs, monkeypatch):
+    """Tile sizes and starts are multiples of the network's size_multiple (4 for Mini-Net,
+    16 for the reference U-Net), not a fixed 4."""
+    import napari_minenet.inference as inference
+
+    assert all(s % 16 == 0 for s in inference.tile_starts(1000, 300, 64, grid=16))
+    torch.manual_seed(0)
+    model = SegmentationModel.new(tiny_card(tile_size=100, tile_overlap=32))
+    model.network.size_multiple = 16  # MiniNet.forward pads to it as well
+    seen = []
+    real = inference.tile_ranges
+
+    def spy(length, tile, overlap, grid=inference.GRID):
+        seen.append((tile, grid))
+        return real(length, tile, overlap, grid)
+
+    monkeypatch.setattr(inference, "tile_ranges", spy)
+    rgb, _ = make_blobs(200, seed=1)
+    probs = predict_tiled(rgb, model, device="cpu", precision="fp32")
+    assert probs.shape[1:] == (200, 200)
+    assert seen and all(tile == 96 and grid == 16 for tile, grid in seen)  # 100 px -> 96, a multiple of 16

@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 #: what a worker turns into a notification instead of a traceback: this package's own errors
 #: (MinenetError: bad input, unloadable model, cancelled) and the ones torch, numpy and the
 #: file system raise for a run that cannot go on
-EXPECTED_ERRORS = (MinenetError, Cancelled, RuntimeError, ValueError, MemoryError, OSError)
+EXPECTED_ERRORS = (MinenetError, RuntimeError, ValueError, MemoryError, OSError)
 
 
 class SlideActions:

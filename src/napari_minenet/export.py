@@ -72,14 +72,9 @@ class ExportWrapper(nn.Module):
         self.register_buffer("std", std.view(1, -1, 1, 1))
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        x = (image - self.mean) / self.std
-        net = self.net
-        e1 = net.enc1(net.stem(x))
-        e2 = net.enc2(net.down1(e1))
-        b = net.bottleneck(net.down2(e2))
-        d2 = net.dec2(net.up2(b), skip=e2)
-        d1 = net.dec1(net.up1(d2), skip=e1)
-        return torch.sigmoid(net.classifier(torch.relu(net.head(d1))))
+        # the network's own forward, without the padding (the graph's input is already a
+        # multiple of the network's size multiple)
+        return torch.sigmoid(self.net.forward_padded((image - self.mean) / self.std))
 
 
 def export_onnx(model: SegmentationModel | str, path: str | Path, *, opset: int = 17) -> Path:
@@ -88,7 +83,7 @@ def export_onnx(model: SegmentationModel | str, path: str | Path, *, opset: int 
         import onnx  # noqa: F401
     except ImportError as exc:
         raise ImportError("ONNX export needs the 'onnx' package: pip install 'napari-minenet[onnx]'") from exc
-    model = load_model(model) if not isinstance(model, SegmentationModel) else model
+    model = load_model(model)  # a SegmentationModel is passed through
     path = Path(path)
     if path.suffix.lower() != ".onnx":
         path = path.with_suffix(".onnx")

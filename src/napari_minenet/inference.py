@@ -8,14 +8,15 @@ How a prediction is made (``predict_tiled``):
    ``bn_statistics == "image"``) from a fixed sample of tiles spread over the whole image,
    so every tile is normalised identically (no disagreement between tiles), then folded
    into the convolutions;
-4. the image is cut into overlapping tiles that start on the network's 4-pixel grid,
+4. the image is cut into overlapping tiles that start on the network's grid (its
+   ``size_multiple``: 4 px for Mini-Net),
    tiles run in batches, and each tile's output is blended into the result with weights
    that are 0 near every inner tile edge (where zero padding changes the output), rise
    smoothly across the middle of the overlap and sum exactly to 1 everywhere (a separable
    partition of unity: no weight map, no seams). Every pixel comes from tiles in which it
    lies at least ``overlap / 2 - overlap / 8`` pixels from an inner edge; the network's
-   context is ~40 px, so with the default 128 px overlap the tiled result equals the
-   untiled one to ~1e-6.
+   context is ~40 px: with the default 128 px overlap the tiled result differs from the
+   untiled one by ~1e-4, with 160 px by ~1e-6 (measured in tests/test_inference.py).
 
 Memory beyond the output arrays is one batch of tiles and its activations.
 """
@@ -40,6 +41,7 @@ from .data import (
     rescale_image,
     working_scale,
 )
+from .errors import Cancelled
 from .model import fuse_for_inference
 from .zoo import SegmentationModel, load_model
 
@@ -70,10 +72,6 @@ BN_WHOLE_IMAGE_PIXELS = 1 << 20
 #: larger images estimate them on a sample of this many pixels (tiles spread over the image)
 BN_SAMPLE_PIXELS = 1 << 20
 BN_SAMPLE_TILE = 256
-
-
-class Cancelled(Exception):
-    """Raised inside a long-running core function when its cancel check returns True."""
 
 
 # --------------------------------------------------------------------------- devices
@@ -123,17 +121,23 @@ def device_report() -> dict[str, str]:
 
 
 #: tiles start on multiples of the network's total stride, so every tile sees the same
-#: sampling grid as the whole image (MiniNet.size_multiple)
+#: sampling grid as the whole image: the network's ``size_multiple`` (Mini-Net 4, the
+#: reference U-Net 16); GRID is Mini-Net's, the default for networks that do not say
 GRID = 4
 
 
-def tile_ranges(length: int, tile: int, overlap: int) -> list[tuple[int, int]]:
-    """(start, stop) of the fewest tiles of at most ``tile`` pixels (+ up to GRID - 1 for
+def network_grid(network: nn.Module) -> int:
+    """The multiple tile sizes and starts keep to for ``network`` (its ``size_multiple``)."""
+    return int(getattr(network, "size_multiple", GRID))
+
+
+def tile_ranges(length: int, tile: int, overlap: int, grid: int = GRID) -> list[tuple[int, int]]:
+    """(start, stop) of the fewest tiles of at most ``tile`` pixels (+ up to ``grid`` - 1 for
     the last one) that cover ``length`` with at least ``overlap`` overlap.
 
     Tiles are made as short as that number of tiles allows (less overlap work than
-    fixed-size tiles), start on multiples of :data:`GRID` and are spread evenly; the last
-    tile ends at ``length``.
+    fixed-size tiles), start on multiples of ``grid`` (the network's size multiple) and are
+    spread evenly; the last tile ends at ``length``.
     """
     if length <= tile:
         return [(0, length)]
@@ -142,10 +146,10 @@ def tile_ranges(length: int, tile: int, overlap: int) -> list[tuple[int, int]]:
     n = max(2, math.ceil((length - overlap) / (tile - overlap)))
     while True:
         size = math.ceil((length + (n - 1) * overlap) / n)
-        size += (-size) % GRID
-        last = (length - size) // GRID * GRID
-        starts = sorted({int(round(v / GRID)) * GRID for v in np.linspace(0, last, n)})
-        if all(b - a <= size - overlap for a, b in zip(starts, starts[1:])) and length - starts[-1] <= tile + GRID:
+        size += (-size) % grid
+        last = (length - size) // grid * grid
+        starts = sorted({int(round(v / grid)) * grid for v in np.linspace(0, last, n)})
+        if all(b - a <= size - overlap for a, b in zip(starts, starts[1:])) and length - starts[-1] <= tile + grid:
             break
         n += 1
     ranges = [(s, s + size) for s in starts]
@@ -153,9 +157,9 @@ def tile_ranges(length: int, tile: int, overlap: int) -> list[tuple[int, int]]:
     return ranges
 
 
-def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+def tile_starts(length: int, tile: int, overlap: int, grid: int = GRID) -> list[int]:
     """Start offsets of :func:`tile_ranges` (kept for callers that only need starts)."""
-    return [start for start, _ in tile_ranges(length, tile, overlap)]
+    return [start for start, _ in tile_ranges(length, tile, overlap, grid)]
 
 
 def blend_weights(length: int, ranges: Sequence[tuple[int, int]], overlap: int) -> list[np.ndarray]:
@@ -314,7 +318,7 @@ def predict_with_network(image: np.ndarray, model: SegmentationModel, network: n
     card = model.card
     tile_size = card.tile_size if tile_size is None else int(tile_size)
     overlap = card.tile_overlap if overlap is None else int(overlap)
-    tile_size -= tile_size % GRID
+    tile_size -= tile_size % network_grid(model.network)
     overlap = min(overlap, tile_size // 2)
     work = as_rgb_or_grey(check_image(image), card.in_channels)
     return _predict_tiles(work, model, device, tile_size, overlap, batch_size, precision, progress, cancel,
@@ -366,7 +370,7 @@ def predict_tiled(
     (the prediction is unreliable); turn it into an error with ``warnings.simplefilter("error",
     GreyImageWarning)``. A prediction that is not finite raises ``RuntimeError``.
     """
-    model = load_model(model) if not isinstance(model, SegmentationModel) else model
+    model = load_model(model)  # a SegmentationModel is passed through
     card = model.card
     image = check_image(image)
     tile_size = card.tile_size if tile_size is None else tile_size
@@ -388,7 +392,7 @@ def predict_tiled(
             f"model {card.name!r} was trained on colour (RGB) images but this image is grey: the result is "
             "unreliable (often far too much foreground); use the colour original"), stacklevel=2)
     _autocast(torch.device("cpu"), precision)  # reject an unknown precision before any work
-    tile_size -= tile_size % GRID
+    tile_size -= tile_size % network_grid(model.network)
     if overlap > tile_size // 2:
         warnings.warn(f"tile overlap {overlap} reduced to half the tile size ({tile_size // 2})", RuntimeWarning,
                       stacklevel=2)
@@ -465,7 +469,8 @@ def _predict_tiles(image, model, device, tile_size, overlap, batch_size, precisi
         net, normalizer = prepared
     if cancel is not None and cancel():
         raise Cancelled()
-    ys, xs = tile_ranges(h, tile_size, overlap), tile_ranges(w, tile_size, overlap)
+    grid = network_grid(model.network)
+    ys, xs = tile_ranges(h, tile_size, overlap, grid), tile_ranges(w, tile_size, overlap, grid)
     one_tile = len(ys) == 1 and len(xs) == 1
     logits = None
     if prepared is None:

@@ -160,14 +160,17 @@ class MiniNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
-        x = pad_to_multiple(x, self.size_multiple)
+        return self.forward_padded(pad_to_multiple(x, self.size_multiple))[..., :h, :w]
+
+    def forward_padded(self, x: torch.Tensor) -> torch.Tensor:
+        """The network on an input whose H and W are multiples of :attr:`size_multiple`
+        (what ``forward`` runs after padding; the ONNX export runs it as it is)."""
         e1 = self.enc1(self.stem(x))
         e2 = self.enc2(self.down1(e1))
         b = self.bottleneck(self.down2(e2))
         d2 = self.dec2(self.up2(b), skip=e2)
         d1 = self.dec1(self.up1(d2), skip=e1)
-        out = self.classifier(F.relu(self.head(d1)))
-        return out[..., :h, :w]
+        return self.classifier(F.relu(self.head(d1)))
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
