@@ -24,7 +24,6 @@ Memory beyond the output arrays is one batch of tiles and its activations.
 from __future__ import annotations
 
 import copy
-import math
 import warnings
 from collections.abc import Callable, Sequence
 
@@ -41,8 +40,20 @@ from .data import (
     rescale_image,
     working_scale,
 )
+from .devices import device_report, select_device  # noqa: F401 - the public place they were
 from .errors import Cancelled
 from .model import fuse_for_inference
+from .tiling import (  # noqa: F401 - re-exported: tiling used to live here
+    _DIHEDRAL,
+    GRID,
+    _check_views,
+    _sample_boxes,
+    _transform,
+    blend_weights,
+    network_grid,
+    tile_ranges,
+    tile_starts,
+)
 from .zoo import SegmentationModel, load_model
 
 __all__ = [
@@ -74,141 +85,7 @@ BN_SAMPLE_PIXELS = 1 << 20
 BN_SAMPLE_TILE = 256
 
 
-# --------------------------------------------------------------------------- devices
-
-
-def select_device(device: str | torch.device | None = "auto") -> torch.device:
-    """``auto`` -> CUDA if available, else MPS, else CPU. Explicit requests are checked."""
-    if isinstance(device, torch.device):
-        return device
-    name = (device or "auto").lower()
-    if name in ("gpu",):
-        name = "cuda"
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        mps = getattr(torch.backends, "mps", None)
-        if mps is not None and mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise RuntimeError("a CUDA GPU was requested but none is available (this torch build: "
-                               f"{torch.__version__}); use device 'cpu' or 'auto'")
-        return torch.device(name)
-    if name == "mps":
-        mps = getattr(torch.backends, "mps", None)
-        if mps is None or not mps.is_available():
-            raise RuntimeError("Apple MPS was requested but is not available; use 'cpu' or 'auto'")
-        return torch.device("mps")
-    if name == "cpu":
-        return torch.device("cpu")
-    raise ValueError(f"unknown device {device!r}: use auto, cpu, cuda or mps")
-
-
-def device_report() -> dict[str, str]:
-    """Human-readable description of the devices found (for the widget and the CLI)."""
-    found = {"cpu": f"CPU ({torch.get_num_threads()} threads)"}
-    if torch.cuda.is_available():
-        found["cuda"] = f"GPU: {torch.cuda.get_device_name(0)}"
-    mps = getattr(torch.backends, "mps", None)
-    if mps is not None and mps.is_available():
-        found["mps"] = "GPU: Apple MPS"
-    return found
-
-
-# --------------------------------------------------------------------------- tiling
-
-
-#: tiles start on multiples of the network's total stride, so every tile sees the same
-#: sampling grid as the whole image: the network's ``size_multiple`` (Mini-Net 4, the
-#: reference U-Net 16); GRID is Mini-Net's, the default for networks that do not say
-GRID = 4
-
-
-def network_grid(network: nn.Module) -> int:
-    """The multiple tile sizes and starts keep to for ``network`` (its ``size_multiple``)."""
-    return int(getattr(network, "size_multiple", GRID))
-
-
-def tile_ranges(length: int, tile: int, overlap: int, grid: int = GRID) -> list[tuple[int, int]]:
-    """(start, stop) of the fewest tiles of at most ``tile`` pixels (+ up to ``grid`` - 1 for
-    the last one) that cover ``length`` with at least ``overlap`` overlap.
-
-    Tiles are made as short as that number of tiles allows (less overlap work than
-    fixed-size tiles), start on multiples of ``grid`` (the network's size multiple) and are
-    spread evenly; the last tile ends at ``length``.
-    """
-    if length <= tile:
-        return [(0, length)]
-    if overlap >= tile:
-        raise ValueError(f"tile overlap ({overlap}) must be smaller than the tile size ({tile})")
-    n = max(2, math.ceil((length - overlap) / (tile - overlap)))
-    while True:
-        size = math.ceil((length + (n - 1) * overlap) / n)
-        size += (-size) % grid
-        last = (length - size) // grid * grid
-        starts = sorted({int(round(v / grid)) * grid for v in np.linspace(0, last, n)})
-        if all(b - a <= size - overlap for a, b in zip(starts, starts[1:])) and length - starts[-1] <= tile + grid:
-            break
-        n += 1
-    ranges = [(s, s + size) for s in starts]
-    ranges[-1] = (starts[-1], length)
-    return ranges
-
-
-def tile_starts(length: int, tile: int, overlap: int, grid: int = GRID) -> list[int]:
-    """Start offsets of :func:`tile_ranges` (kept for callers that only need starts)."""
-    return [start for start, _ in tile_ranges(length, tile, overlap, grid)]
-
-
-def blend_weights(length: int, ranges: Sequence[tuple[int, int]], overlap: int) -> list[np.ndarray]:
-    """Per-tile 1-D weights that sum to exactly 1 at every position along the axis.
-
-    Inside a tile the weight is 0 within ``overlap / 2 - ramp`` pixels of an edge shared
-    with another tile (where the zero padding at the tile edge changes the network's
-    output), rises as a squared sine over ``ramp = max(4, overlap / 8)`` pixels, and is 1
-    beyond. Edges on the image border keep weight 1. Every pixel's value therefore comes
-    from tiles in which it lies at least ``overlap / 2 - ramp`` pixels from an inner edge.
-    """
-    ramp = max(1, min(overlap // 2, max(4, overlap // 8)))
-    margin = max(0, overlap // 2 - ramp)
-    raw = []
-    total = np.zeros(length, np.float64)
-    for i, (start, stop) in enumerate(ranges):
-        x = np.arange(stop - start, dtype=np.float64)
-        d = np.full(x.shape, np.inf)
-        if i > 0:
-            d = np.minimum(d, x)
-        if i < len(ranges) - 1:
-            d = np.minimum(d, x[-1] - x)
-        r = np.clip((d - margin + 1) / ramp, 0.0, 1.0)
-        r = np.sin(0.5 * np.pi * r) ** 2
-        raw.append(r)
-        total[start:stop] += r
-    if np.any(total <= 0):  # only with a degenerate overlap; fall back to uniform averaging
-        raw = [np.ones(stop - start) for start, stop in ranges]
-        total = np.zeros(length)
-        for start, stop in ranges:
-            total[start:stop] += 1.0
-    return [(r / total[start:stop]).astype(np.float32) for r, (start, stop) in zip(raw, ranges)]
-
-
 # --------------------------------------------------------------------------- network preparation
-
-
-def _sample_boxes(h: int, w: int, max_pixels: int, tile: int) -> list[tuple[int, int, int, int]]:
-    """Boxes (y0, y1, x0, x1) used for BN statistics: the whole image if small, else a
-    regular grid of tiles spread over it."""
-    if h * w <= max_pixels:
-        return [(0, h, 0, w)]
-    th, tw = min(tile, h), min(tile, w)
-    n = max(1, max_pixels // (th * tw))
-    rows = max(1, min(int(round(math.sqrt(n * h / w))), math.ceil(h / th)))
-    cols = max(1, min(n // rows, math.ceil(w / tw)))
-    ys = np.round(np.linspace(0, h - th, rows)).astype(int)
-    xs = np.round(np.linspace(0, w - tw, cols)).astype(int)
-    return [(int(y), int(y) + th, int(x), int(x) + tw) for y in ys for x in xs]
 
 
 @torch.no_grad()
@@ -373,30 +250,7 @@ def predict_tiled(
     model = load_model(model)  # a SegmentationModel is passed through
     card = model.card
     image = check_image(image)
-    tile_size = card.tile_size if tile_size is None else tile_size
-    overlap = card.tile_overlap if overlap is None else overlap
-    if isinstance(tile_size, bool) or not isinstance(tile_size, (int, np.integer)):
-        raise ValueError(f"tile size must be an integer number of pixels, not {tile_size!r}")
-    if tile_size < 32:
-        raise ValueError(f"tile size {tile_size} is too small (minimum 32)")
-    if tile_size > MAX_TILE_SIZE:
-        raise ValueError(f"tile size {tile_size} is too large (maximum {MAX_TILE_SIZE}; larger tiles only "
-                         "cost memory)")
-    tile_size, overlap = int(tile_size), int(overlap)
-    if overlap < 0:
-        raise ValueError(f"tile overlap must be >= 0, not {overlap}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"batch size must be a positive integer, not {batch_size!r}")
-    if card.in_channels == 3 and image.ndim == 2:
-        warnings.warn(GreyImageWarning(
-            f"model {card.name!r} was trained on colour (RGB) images but this image is grey: the result is "
-            "unreliable (often far too much foreground); use the colour original"), stacklevel=2)
-    _autocast(torch.device("cpu"), precision)  # reject an unknown precision before any work
-    tile_size -= tile_size % network_grid(model.network)
-    if overlap > tile_size // 2:
-        warnings.warn(f"tile overlap {overlap} reduced to half the tile size ({tile_size // 2})", RuntimeWarning,
-                      stacklevel=2)
-        overlap = tile_size // 2
+    tile_size, overlap = _tiling_settings(card, image, model.network, tile_size, overlap, batch_size, precision)
     dev = select_device(device)
     views = _DIHEDRAL[: _check_views(card.test_time_augmentation if test_time_augmentation is None
                                      else test_time_augmentation)]
@@ -406,17 +260,8 @@ def predict_tiled(
     work = as_rgb_or_grey(work, card.in_channels)
     while True:
         try:
-            probs = None
-            for v, (k, flip) in enumerate(views):
-                view_progress = None if progress is None else (
-                    lambda done, total, v=v: progress(v * total + done, len(views) * total))
-                view = _transform(work, k, flip)
-                out = _predict_tiles(view, model, dev, tile_size, overlap, batch_size, precision, view_progress,
-                                     cancel, out_dtype)
-                out = _transform(out, k, flip, inverse=True, channels_first=True)
-                probs = out if probs is None else probs + out
-            if len(views) > 1:
-                probs = np.ascontiguousarray(probs / len(views), dtype=out_dtype)
+            probs = _predict_views(work, views, model, dev, tile_size, overlap, batch_size, precision, progress,
+                                   cancel, out_dtype)
             break
         except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()
@@ -434,25 +279,52 @@ def predict_tiled(
 
 
 #: (quarter turns, horizontal flip) in the order test-time augmentation uses them
-_DIHEDRAL = [(0, False), (0, True), (2, False), (2, True), (1, False), (3, False), (1, True), (3, True)]
+
+def _tiling_settings(card, image: np.ndarray, network: nn.Module, tile_size, overlap, batch_size,
+                     precision: str) -> tuple[int, int]:
+    """Checked (tile size, overlap) for ``predict_tiled``: the card's by default, the tile a
+    multiple of the network's grid, the overlap at most half a tile; bad values raise."""
+    tile_size = card.tile_size if tile_size is None else tile_size
+    overlap = card.tile_overlap if overlap is None else overlap
+    if isinstance(tile_size, bool) or not isinstance(tile_size, (int, np.integer)):
+        raise ValueError(f"tile size must be an integer number of pixels, not {tile_size!r}")
+    if tile_size < 32:
+        raise ValueError(f"tile size {tile_size} is too small (minimum 32)")
+    if tile_size > MAX_TILE_SIZE:
+        raise ValueError(f"tile size {tile_size} is too large (maximum {MAX_TILE_SIZE}; larger tiles only "
+                         "cost memory)")
+    tile_size, overlap = int(tile_size), int(overlap)
+    if overlap < 0:
+        raise ValueError(f"tile overlap must be >= 0, not {overlap}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch size must be a positive integer, not {batch_size!r}")
+    if card.in_channels == 3 and image.ndim == 2:
+        warnings.warn(GreyImageWarning(
+            f"model {card.name!r} was trained on colour (RGB) images but this image is grey: the result is "
+            "unreliable (often far too much foreground); use the colour original"), stacklevel=3)
+    _autocast(torch.device("cpu"), precision)  # reject an unknown precision before any work
+    tile_size -= tile_size % network_grid(network)
+    if overlap > tile_size // 2:
+        warnings.warn(f"tile overlap {overlap} reduced to half the tile size ({tile_size // 2})", RuntimeWarning,
+                      stacklevel=3)
+        overlap = tile_size // 2
+    return tile_size, overlap
 
 
-def _check_views(n: int) -> int:
-    if n not in (1, 2, 4, 8):
-        raise ValueError(f"test-time augmentation takes 1, 2, 4 or 8 views, not {n}")
-    return n
-
-
-def _transform(array: np.ndarray, k: int, flip: bool, *, inverse: bool = False,
-               channels_first: bool = False) -> np.ndarray:
-    """Rotate by k quarter turns then flip left-right (or undo it); returns a view."""
-    axes = (1, 2) if channels_first else (0, 1)
-    if not inverse:
-        out = np.rot90(array, k, axes=axes)
-        return np.flip(out, axis=axes[1]) if flip else out
-    out = np.flip(array, axis=axes[1]) if flip else array
-    return np.rot90(out, -k, axes=axes)
-
+def _predict_views(work: np.ndarray, views, model, dev, tile_size: int, overlap: int, batch_size: int,
+                   precision: str, progress, cancel, out_dtype) -> np.ndarray:
+    """The tiled prediction averaged over the test-time augmentation ``views``."""
+    probs = None
+    for v, (k, flip) in enumerate(views):
+        view_progress = None if progress is None else (
+            lambda done, total, v=v: progress(v * total + done, len(views) * total))
+        out = _predict_tiles(_transform(work, k, flip), model, dev, tile_size, overlap, batch_size, precision,
+                             view_progress, cancel, out_dtype)
+        out = _transform(out, k, flip, inverse=True, channels_first=True)
+        probs = out if probs is None else probs + out
+    if len(views) > 1:
+        probs = np.ascontiguousarray(probs / len(views), dtype=out_dtype)
+    return probs
 
 def predict(image: np.ndarray, model: SegmentationModel | str, **kwargs) -> np.ndarray:
     """Foreground probability (H, W) float32; see :func:`predict_tiled` for the options."""
