@@ -44,6 +44,18 @@ def user_home(tmp_path, monkeypatch) -> Path:
     return home
 
 
+@pytest.fixture
+def notes(monkeypatch):
+    """Every notification the widget shows, by kind (widget tests; imports Qt only when used)."""
+    import napari_minenet._qt_common as common
+
+    seen = {"error": [], "warning": [], "info": []}
+    monkeypatch.setattr(common, "show_error", lambda m: seen["error"].append(str(m)))
+    monkeypatch.setattr(common, "show_warning", lambda m: seen["warning"].append(str(m)))
+    monkeypatch.setattr(common, "show_info", lambda m: seen["info"].append(str(m)))
+    return seen
+
+
 # --------------------------------------------------------------------------- synthetic images
 
 

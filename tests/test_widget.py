@@ -14,7 +14,6 @@ from qtpy.QtCore import Qt
 pytest.importorskip("napari")
 pytest.importorskip("qtpy")
 
-import napari_minenet._qt_common as common  # noqa: E402
 from napari_minenet import finetuning, inference  # noqa: E402
 from napari_minenet._widget import MiniNetWidget  # noqa: E402
 from napari_minenet.examples import ExampleStore  # noqa: E402
@@ -29,16 +28,6 @@ def user_home(tmp_path, monkeypatch):
     monkeypatch.setenv("NAPARI_MINENET_HOME", str(tmp_path / "home"))
     torch.set_num_threads(1)
     return tmp_path / "home"
-
-
-@pytest.fixture
-def notes(monkeypatch):
-    """Every notification the widget shows, by kind."""
-    seen = {"error": [], "warning": [], "info": []}
-    monkeypatch.setattr(common, "show_error", lambda m: seen["error"].append(str(m)))
-    monkeypatch.setattr(common, "show_warning", lambda m: seen["warning"].append(str(m)))
-    monkeypatch.setattr(common, "show_info", lambda m: seen["info"].append(str(m)))
-    return seen
 
 
 def _make_model(name: str = "testnuclei", **card) -> Path:

@@ -12,7 +12,6 @@ import torch
 pytest.importorskip("napari")
 pytest.importorskip("qtpy")
 
-import napari_minenet._qt_common as common  # noqa: E402
 from napari_minenet._widget import MiniNetWidget  # noqa: E402
 from napari_minenet.finetuning import FinetuneConfig  # noqa: E402
 from napari_minenet.zoo import ModelCard, SegmentationModel, save_model, user_models_dir  # noqa: E402
@@ -24,15 +23,6 @@ pytestmark = pytest.mark.gui
 def user_home(tmp_path, monkeypatch):
     monkeypatch.setenv("NAPARI_MINENET_HOME", str(tmp_path / "home"))
     torch.set_num_threads(1)
-
-
-@pytest.fixture
-def notes(monkeypatch):
-    seen = {"error": [], "warning": [], "info": []}
-    monkeypatch.setattr(common, "show_error", lambda m: seen["error"].append(str(m)))
-    monkeypatch.setattr(common, "show_warning", lambda m: seen["warning"].append(str(m)))
-    monkeypatch.setattr(common, "show_info", lambda m: seen["info"].append(str(m)))
-    return seen
 
 
 def _model(name: str = "testnuclei") -> Path:
