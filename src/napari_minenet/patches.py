@@ -20,7 +20,7 @@ import torch
 from .data import Normalizer, TrainingExample, as_rgb_or_grey
 from .tasks import task
 
-__all__ = ["PatchSampler", "contour_target", "example_targets", "Augmentation"]
+__all__ = ["PatchSampler", "ParallelSampler", "contour_target", "example_targets", "Augmentation"]
 
 
 def contour_target(labels: np.ndarray, width: int = 2) -> np.ndarray:
@@ -175,6 +175,55 @@ class PatchSampler:
             if rng.random() < 0.5:
                 x, tgt = x[:, :, ::-1], tgt[:, :, ::-1]
         return np.ascontiguousarray(x, dtype=np.float32), np.ascontiguousarray(tgt, dtype=np.float32)
+
+
+class _SamplerStream(torch.utils.data.IterableDataset):
+    """Endless batches of one PatchSampler; in a worker process the sampler (a copy) draws
+    from its own random stream, seeded from the worker's torch seed (deterministic for a
+    given ``torch.manual_seed``)."""
+
+    def __init__(self, sampler: PatchSampler) -> None:
+        self.sampler = sampler
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        if info is not None:
+            self.sampler.rng = np.random.default_rng(info.seed % (1 << 63))
+        while True:
+            yield self.sampler.sample()
+
+
+class ParallelSampler:
+    """A :class:`PatchSampler` whose batches are cut and augmented by ``workers`` processes
+    (a torch DataLoader), so the training process only runs the network: on a GPU, patch
+    preparation (H&E stain jitter above all) is otherwise the bottleneck. Same interface as
+    PatchSampler; ``close()`` stops the workers."""
+
+    def __init__(self, sampler: PatchSampler, workers: int, *, pin_memory: bool = False) -> None:
+        if workers < 1:
+            raise ValueError(f"ParallelSampler needs at least one worker, not {workers}")
+        self.sampler, self.workers, self.pin_memory = sampler, int(workers), pin_memory
+        self._batches = None
+
+    def sample(self) -> tuple[torch.Tensor, ...]:
+        if self._batches is None:
+            loader = torch.utils.data.DataLoader(_SamplerStream(self.sampler), batch_size=None,
+                                                 num_workers=self.workers, prefetch_factor=4,
+                                                 pin_memory=self.pin_memory)
+            self._batches = iter(loader)
+        return next(self._batches)
+
+    def state(self) -> dict:
+        return self.sampler.state()
+
+    def set_state(self, state: dict) -> None:
+        self.sampler.set_state(state)
+
+    def close(self) -> None:
+        """Stop the worker processes (they also stop when this object is garbage-collected)."""
+        if self._batches is not None:
+            self._batches._shutdown_workers()
+            self._batches = None
 
 
 def _intensity_jitter(x: np.ndarray, aug: Augmentation, rng: np.random.Generator) -> np.ndarray:

@@ -12,8 +12,9 @@ calibration in :mod:`napari_minenet.validation`, checkpoints in :mod:`napari_min
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import platform
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,10 +24,11 @@ import torch
 from torch import nn
 
 from .data import TrainingExample, load_dataset, rescale_image, working_scale
+from .errors import InputError
 from .inference import Cancelled, select_device
 from .losses import MiniNetLoss
 from .model import count_parameters
-from .patches import Augmentation, PatchSampler
+from .patches import Augmentation, ParallelSampler, PatchSampler
 from .tasks import TASK_TABLE, task
 from .training_loop import TrainingLoop, TrainingProgress, TrainingResult, run_to_end
 from .validation import calibrate_and_score, validate
@@ -73,6 +75,24 @@ class TrainConfig:
     val_fraction: float = 0.2
     threads: int | None = None
     architecture: str = "MiniNet"  # "UNet": the benchmarks' reference (needs MONAI)
+    #: processes that cut and augment patches while the network trains (0: in the training
+    #: process). Worth it where the network is fast (a GPU); each worker draws its own stream,
+    #: so a resumed run is not step-for-step identical to an uninterrupted one
+    workers: int = 0
+    #: augmentation that differs from the task table's row (None: the row's value)
+    stain: float | None = None
+    scale_range: tuple[float, float] | None = None
+    #: the training images' pixel size in micrometres, recorded in the card (segment() then
+    #: resamples images of another known pixel size to it)
+    pixel_size_um: float | None = None
+
+    def augmentation(self) -> Augmentation:
+        aug = Augmentation.for_task(self.task)
+        if self.stain is not None:
+            aug = dataclasses.replace(aug, stain=float(self.stain))
+        if self.scale_range is not None:
+            aug = dataclasses.replace(aug, scale=tuple(float(v) for v in self.scale_range))
+        return aug
 
     def resolved(self) -> TrainConfig:
         defaults = task(self.task)
@@ -87,6 +107,14 @@ class TrainConfig:
             raise ValueError(f"lr_schedule must be 'constant' or 'cosine', not {cfg.lr_schedule!r}")
         if cfg.batch_size < 1 or cfg.patch_size < 32:
             raise ValueError("batch size must be >= 1 and patch size >= 32")
+        if cfg.pixel_size_um is not None and not 0.02 <= cfg.pixel_size_um <= 50:
+            raise ValueError(f"pixel size must be 0.02-50 um, not {cfg.pixel_size_um}")
+        if cfg.workers < 0:
+            raise ValueError(f"workers must be >= 0, not {cfg.workers}")
+        if cfg.stain is not None and not 0 <= cfg.stain <= 1:
+            raise ValueError(f"stain jitter must be in [0, 1], not {cfg.stain}")
+        if cfg.scale_range is not None and not 0.1 <= cfg.scale_range[0] <= cfg.scale_range[1] <= 10:
+            raise ValueError(f"scale range must be 0.1 <= low <= high <= 10, not {cfg.scale_range}")
         return cfg
 
 
@@ -119,6 +147,33 @@ def default_card(name: str, task_name: str, *, contours: bool, working_long_side
     )
 
 
+def _new_card(cfg: TrainConfig, name: str, train_ex: list[TrainingExample], licence: str) -> ModelCard:
+    """The card of a model about to be trained: the task's defaults, the pixel size it is
+    trained at (``cfg.pixel_size_um``) and, for object tasks, the object size in the training
+    labels that automatic sizing compares an image with (``auto_size``)."""
+    card = default_card(name, cfg.task, contours=bool(cfg.contours), working_long_side=cfg.working_long_side)
+    card.in_channels = 1 if all(ex.image.ndim == 2 for ex in train_ex) else 3
+    card.licence = licence
+    card.architecture = {"name": cfg.architecture} if cfg.architecture != "MiniNet" else card.architecture
+    card.pixel_size_um = cfg.pixel_size_um
+    if card.instances and cfg.working_long_side is None:
+        card.object_width_px, card.object_diameter_px = object_sizes(train_ex)
+    return card
+
+
+def object_sizes(examples: list[TrainingExample]) -> tuple[float | None, float | None]:
+    """(width, diameter) in pixels: the median over images of the mean object width
+    (``auto_size.object_width`` of the mask), and the median equivalent diameter of all
+    labelled objects. None where no image has enough foreground / labels."""
+    from .auto_size import object_width
+
+    widths = [w for w in (object_width(ex.mask) for ex in examples) if w is not None]
+    areas = [a[a > 0] for a in (np.bincount(ex.labels.ravel())[1:] for ex in examples if ex.labels is not None)]
+    areas = np.concatenate(areas) if areas else np.zeros(0)
+    return (round(float(np.median(widths)), 1) if widths else None,
+            round(float(np.median(np.sqrt(4 * areas / np.pi))), 1) if areas.size else None)
+
+
 def split_examples(examples: list[TrainingExample], val_fraction: float, seed: int) -> tuple[list, list]:
     """Deterministic train / validation split by image (at least one of each when possible)."""
     if not 0 <= val_fraction < 1:
@@ -130,6 +185,30 @@ def split_examples(examples: list[TrainingExample], val_fraction: float, seed: i
     val = [examples[i] for i in sorted(order[:n_val])]
     trn = [examples[i] for i in sorted(order[n_val:])]
     return trn, val
+
+
+def load_examples(data: str | Path | list) -> tuple[list[TrainingExample], str]:
+    """The examples of one dataset folder, several folders (ids must not repeat), or a list of
+    examples already in memory; and a description of where they came from (for the card)."""
+    if isinstance(data, (str, Path)):
+        return load_dataset(data), str(data)
+    items = list(data)
+    if all(isinstance(ex, TrainingExample) for ex in items):
+        return items, "examples in memory"
+    examples = [ex for folder in items for ex in load_dataset(folder)]
+    seen: set[str] = set()
+    repeated = sorted({ex.id for ex in examples if ex.id in seen or seen.add(ex.id)})
+    if repeated:
+        raise InputError(f"the same image id is in more than one data folder: {', '.join(repeated[:5])}")
+    return examples, " + ".join(str(f) for f in items)
+
+
+def select_ids(examples: list[TrainingExample], patterns: Sequence[str]) -> tuple[list, list]:
+    """(matching, rest): examples whose id matches one of the shell-style ``patterns``
+    (``tnbc_07_*``)."""
+    hit = [ex for ex in examples if any(fnmatch.fnmatchcase(ex.id, p) for p in patterns)]
+    ids = {ex.id for ex in hit}
+    return hit, [ex for ex in examples if ex.id not in ids]
 
 
 def resize_examples(examples: list[TrainingExample], long_side: int | None) -> list[TrainingExample]:
@@ -234,60 +313,10 @@ def fit(
     return result
 
 
-def train(
-    data: str | Path | list[TrainingExample],
-    output: str | Path,
-    config: TrainConfig | None = None,
-    *,
-    val_data: str | Path | list[TrainingExample] | None = None,
-    name: str | None = None,
-    resume: str | Path | None = None,
-    command: str = "",
-    licence: str = "",
-    cancel: Callable[[], bool] | None = None,
-) -> Generator[TrainingProgress, None, TrainingResult]:
-    """Train a new Mini-Net on a dataset folder and save it to ``output`` (.safetensors + .json).
-
-    A checkpoint ``<output>.ckpt.safetensors/.json`` is written atomically after every
-    epoch; pass it as ``resume`` to continue an interrupted run.
-    """
-    cfg = (config or TrainConfig()).resolved()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
-    output = Path(output).with_suffix("") if Path(output).suffix in (".safetensors", ".json") else Path(output)
-    examples = load_dataset(data) if not isinstance(data, list) else data
-    if val_data is not None:
-        train_ex, val_ex = examples, (load_dataset(val_data) if not isinstance(val_data, list) else val_data)
-    else:
-        train_ex, val_ex = split_examples(examples, cfg.val_fraction, cfg.seed)
-    name = name or output.name
-    card = default_card(name, cfg.task, contours=bool(cfg.contours), working_long_side=cfg.working_long_side)
-    in_channels = 1 if all(ex.image.ndim == 2 for ex in train_ex) else 3
-    card.in_channels = in_channels
-    card.licence = licence
-    card.architecture = {"name": cfg.architecture} if cfg.architecture != "MiniNet" else card.architecture
-    model = SegmentationModel.new(card)
-    dev = select_device(cfg.device)
-    sampler = PatchSampler(
-        resize_examples(train_ex, cfg.working_long_side),
-        patch_size=cfg.patch_size, batch_size=cfg.batch_size, normalization=card.normalization,
-        in_channels=in_channels, contours=bool(cfg.contours), augmentation=Augmentation.for_task(cfg.task),
-        seed=cfg.seed,
-    )
-    loss_fn = MiniNetLoss(alpha=cfg.alpha)
-    result = yield from fit(
-        model, sampler, val_ex, lr=cfg.lr, epochs=cfg.epochs, steps_per_epoch=cfg.steps_per_epoch,
-        lr_schedule=cfg.lr_schedule, patience=cfg.patience,
-        max_seconds=cfg.max_minutes * 60 if cfg.max_minutes else None, device=dev, loss_fn=loss_fn,
-        cancel=cancel, checkpoint=output.with_name(output.name + ".ckpt"),
-        resume=Path(resume) if resume else None, validate_instances=card.instances,
-        checkpoint_meta={"config": dataclasses.asdict(cfg)},
-    )
-    source = str(data) if not isinstance(data, list) else "examples in memory"
-    vloss, vmetrics = calibrate_and_score(model, val_ex, loss_fn, dev, source) if val_ex else (
-        result.best_val_loss, result.val_metrics)
-    card.training = {
+def _training_record(cfg: TrainConfig, source: str, train_ex: list, val_ex: list, result: TrainingResult,
+                     command: str, dev: torch.device, model: SegmentationModel) -> dict[str, Any]:
+    """What the model card records of how the model was trained."""
+    return {
         "data": source,
         "train_ids": [ex.id for ex in train_ex],
         "val_ids": [ex.id for ex in val_ex],
@@ -301,9 +330,78 @@ def train(
         "hardware": hardware_description(dev),
         "torch": torch.__version__,
         "parameters": count_parameters(model.network),
-        "augmentation": dataclasses.asdict(Augmentation.for_task(cfg.task)),
+        "augmentation": dataclasses.asdict(cfg.augmentation()),
         "batches": "each batch holds patches of one image (per-image BatchNorm statistics)",
     }
+
+
+def train(
+    data: str | Path | list,
+    output: str | Path,
+    config: TrainConfig | None = None,
+    *,
+    val_data: str | Path | list | None = None,
+    hold_out: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    name: str | None = None,
+    resume: str | Path | None = None,
+    command: str = "",
+    licence: str = "",
+    cancel: Callable[[], bool] | None = None,
+) -> Generator[TrainingProgress, None, TrainingResult]:
+    """Train a new Mini-Net on dataset folders and save it to ``output`` (.safetensors + .json).
+
+    ``data`` / ``val_data``: a folder, several folders or examples in memory. Images whose id
+    matches a ``hold_out`` pattern (shell style, e.g. ``tnbc_07_*``) are moved to validation,
+    those matching ``exclude`` are not used at all; without ``val_data`` and ``hold_out``,
+    ``val_fraction`` of the images is held out. Without validation images the weights of the
+    last step are kept.
+
+    A checkpoint ``<output>.ckpt.safetensors/.json`` is written atomically after every
+    epoch; pass it as ``resume`` to continue an interrupted run.
+    """
+    cfg = (config or TrainConfig()).resolved()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    output = Path(output).with_suffix("") if Path(output).suffix in (".safetensors", ".json") else Path(output)
+    examples, source = load_examples(data)
+    examples = select_ids(examples, exclude)[1]
+    held, examples = select_ids(examples, hold_out)
+    if val_data is not None or held:
+        train_ex, val_ex = examples, held + (load_examples(val_data)[0] if val_data is not None else [])
+    else:
+        train_ex, val_ex = split_examples(examples, cfg.val_fraction, cfg.seed)
+    if not train_ex:
+        raise InputError("no training images left after --exclude / --hold-out")
+    card = _new_card(cfg, name or output.name, train_ex, licence)
+    in_channels = card.in_channels
+    model = SegmentationModel.new(card)
+    dev = select_device(cfg.device)
+    sampler = PatchSampler(
+        resize_examples(train_ex, cfg.working_long_side),
+        patch_size=cfg.patch_size, batch_size=cfg.batch_size, normalization=card.normalization,
+        in_channels=in_channels, contours=bool(cfg.contours), augmentation=cfg.augmentation(),
+        seed=cfg.seed,
+    )
+    if cfg.workers:
+        sampler = ParallelSampler(sampler, cfg.workers, pin_memory=dev.type == "cuda")
+    loss_fn = MiniNetLoss(alpha=cfg.alpha)
+    try:
+        result = yield from fit(
+            model, sampler, val_ex, lr=cfg.lr, epochs=cfg.epochs, steps_per_epoch=cfg.steps_per_epoch,
+            lr_schedule=cfg.lr_schedule, patience=cfg.patience,
+            max_seconds=cfg.max_minutes * 60 if cfg.max_minutes else None, device=dev, loss_fn=loss_fn,
+            cancel=cancel, checkpoint=output.with_name(output.name + ".ckpt"),
+            resume=Path(resume) if resume else None, validate_instances=card.instances,
+            checkpoint_meta={"config": dataclasses.asdict(cfg)}, keep="best" if val_ex else "last",
+        )
+    finally:
+        if isinstance(sampler, ParallelSampler):
+            sampler.close()
+    vloss, vmetrics = calibrate_and_score(model, val_ex, loss_fn, dev, source) if val_ex else (
+        result.best_val_loss, result.val_metrics)
+    card.training = _training_record(cfg, source, train_ex, val_ex, result, command, dev, model)
     save_model(model, output, overwrite=True)  # train writes its output (-o), also on a re-run
     result.val_metrics = vmetrics
     return result

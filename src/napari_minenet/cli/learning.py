@@ -23,10 +23,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
         seed=args.seed, device=args.device, max_minutes=args.max_minutes, contours=args.contours,
         val_fraction=args.val_fraction, threads=args.threads, architecture=args.architecture,
         working_long_side=args.working_long_side if args.working_long_side is not None else -1,
+        workers=args.workers, stain=args.stain_jitter, scale_range=args.scale_range, pixel_size_um=args.pixel_size,
     )
     command = "napari-minenet " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    gen = train(args.data, args.output, cfg, val_data=args.val_data, name=args.name, resume=args.resume,
-                command=command, licence=args.licence)
+    gen = train(args.data, args.output, cfg, val_data=args.val_data, hold_out=args.hold_out, exclude=args.exclude,
+                name=args.name, resume=args.resume, command=command, licence=args.licence)
     total = cfg.epochs * cfg.steps_per_epoch
     bar = LazyProgress("training", "step")  # starts with the first record: data errors come first
 
@@ -92,9 +93,15 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
 def add_train_parser(sub) -> None:
     """The ``train`` subcommand (``sub``: the parser's subparsers)."""
     p = sub.add_parser("train", help="train a new model on a dataset folder")
-    p.add_argument("--data", required=True, help="folder with images/ and masks/ (optional labels/, fov/)")
-    p.add_argument("--val-data", help="separate validation folder (default: hold out --val-fraction)")
+    p.add_argument("--data", required=True, nargs="+", metavar="FOLDER",
+                   help="folder(s) with images/ and masks/ (optional labels/, fov/); ids must not repeat")
+    p.add_argument("--val-data", nargs="+", metavar="FOLDER",
+                   help="separate validation folder(s) (default: hold out --val-fraction)")
     p.add_argument("--val-fraction", type=number(lo=0.0, hi=0.9), default=0.2)
+    p.add_argument("--hold-out", nargs="+", default=[], metavar="PATTERN",
+                   help="validate on the images whose id matches a pattern (shell style: 'tnbc_07_*')")
+    p.add_argument("--exclude", nargs="+", default=[], metavar="PATTERN",
+                   help="leave out the images whose id matches a pattern (kept unseen for other benchmarks)")
     p.add_argument("--task", choices=list(TASK_TABLE), default="custom")
     p.add_argument("-o", "--output", required=True, help="output weights path (…/name[.safetensors])")
     p.add_argument("--name", help="model name (default: output file name)")
@@ -114,6 +121,14 @@ def add_train_parser(sub) -> None:
                    help="second output channel for object contours (default: on for nuclei)")
     p.add_argument("--working-long-side", type=int_in(16, MAX_WORKING_LONG_SIDE), default=None,
                    help="resize images so their long side is this many pixels (lesion default: 256)")
+    p.add_argument("--workers", type=int_in(0, 64), default=0,
+                   help="processes that prepare training patches (useful with a GPU; default 0)")
+    p.add_argument("--stain-jitter", type=number(lo=0.0, hi=1.0), default=None,
+                   help="H&E stain augmentation amplitude (default: the task's, nuclei 0.05)")
+    p.add_argument("--scale-range", type=number(lo=0.1, hi=10.0), nargs=2, default=None, metavar=("LOW", "HIGH"),
+                   help="random patch rescaling range (default 0.75 1.33)")
+    p.add_argument("--pixel-size", type=number(lo=0.02, hi=50.0), default=None, metavar="UM",
+                   help="pixel size of the training images in micrometres, recorded in the model card")
     p.add_argument("--resume", help="checkpoint to continue from (<output>.ckpt)")
     p.add_argument("--licence", default="", help="licence of the training data, recorded in the model card")
     p.add_argument("--architecture", choices=["MiniNet", "UNet"], default="MiniNet",
