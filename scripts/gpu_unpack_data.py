@@ -1,8 +1,8 @@
-"""Device side of scripts/gpu_nuclei_variants.sh: Device side: the carried lossless WebP images back to PNG (the layout load_dataset reads)."""
+"""Device side of scripts/gpu_nuclei_variants.sh: the carried lossless WebP images back to PNG (the layout
+load_dataset reads)."""
 import sys
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 
 src, dst = Path(sys.argv[1]), Path(sys.argv[2])
