@@ -220,7 +220,7 @@ def test_a_pickled_job_runs_a_block_as_a_distributed_worker_would(one_tile_slide
         job, _ = plan_slide(slide, load_model("nuclei"), tmp_path / "one.zarr", SlideOptions(block_size=256, halo=128),
                             cancel=lambda: False)
         block = job.tissue_blocks()[5]
-        clone = pickle.loads(pickle.dumps(job))
+        clone = pickle.loads(pickle.dumps(job)).ready()  # (a block task calls ready() itself)
         assert clone.cancel is None and clone.slide.path == path and clone.slide is not slide
         [task] = block_tasks(clone, [block])
         assert task.compute(scheduler="sync") >= 0

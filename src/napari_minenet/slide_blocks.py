@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import shutil
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,8 +28,8 @@ from .zoo import SegmentationModel
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SlideOptions", "SlideJob", "plan_slide", "process_block", "block_tasks", "run_fingerprint",
-           "check_cancel", "create_array", "CONTEXT", "LABELS_PATH", "CHUNK", "SLIDE_SAMPLE_TILE",
+__all__ = ["SlideOptions", "SlideJob", "plan_slide", "process_block", "block_tasks", "block_key", "run_fingerprint",
+           "check_cancel", "create_array", "worker_loads", "CONTEXT", "LABELS_PATH", "CHUNK", "SLIDE_SAMPLE_TILE",
            "SLIDE_SAMPLE_PIXELS"]
 
 #: px of context the network's output needs to equal the whole-image output (receptive
@@ -82,7 +83,9 @@ class SlideJob:
     device: object
     cancel: CancelCheck | None = None
     on_block: Callable[[], None] | None = None
+    token: str = ""  # names this run (settings + output): task keys, the workers' cache
     _keys: object = None
+    _remote: dict | None = None  # unpickled: what :meth:`ready` loads (slide, model, network)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -109,10 +112,78 @@ class SlideJob:
             self._keys = zarr.open_array(str(self.work / "anchors"), mode="r+")
         return self._keys
 
-    def __getstate__(self) -> dict:
-        state = dict(self.__dict__)
-        state.update(_keys=None, cancel=None, on_block=None)
-        return state
+    def __reduce__(self):
+        """Pickled (dask.distributed) as what a worker cannot find itself: settings, paths, the
+        card and the normalisation. A worker opens the slide by its path and loads the
+        prepared network from the work folder (``network.safetensors``, written by
+        :func:`plan_slide`) once per run, not per block (:meth:`ready`), not where it is only
+        unpickled (dask's scheduler). A slide without a file travels whole. The tissue mask
+        stays with the client."""
+        if self._remote is not None:
+            return _restore_job, (self._remote,)
+        state = {name: getattr(self, name) for name in ("options", "zarr_path", "work", "threshold", "min_size",
+                                                        "instances", "token", "normalizer")}
+        state["card"] = self.model.card
+        state["slide"] = self.slide.path if self.slide.path is not None else self.slide
+        return _restore_job, (state,)
+
+    def ready(self) -> SlideJob:
+        """This job, with the slide, model and network of an unpickled one loaded from the
+        process's cache (the first block of a run on a worker loads them); returns self."""
+        if self._remote is not None:
+            self.slide, self.model, self.network, self.device = _worker_run(self._remote)
+            self._remote = None
+        return self
+
+
+# --------------------------------------------------------------------------- on a worker
+
+#: per process: run token -> (slide, model, prepared network, device); a few runs at most
+_WORKER_RUNS: dict[str, tuple] = {}
+_WORKER_LOCK = threading.Lock()
+_WORKER_LOADS = [0]
+_WORKER_KEEP = 4
+
+
+def worker_loads() -> int:
+    """How many times this process loaded a run's network (the slide engine's own counter:
+    once per run and worker process, whatever the number of blocks)."""
+    return _WORKER_LOADS[0]
+
+
+
+def _restore_job(state: dict) -> SlideJob:
+    """An unpickled job: settings only, until :meth:`SlideJob.ready` (a block) needs the rest."""
+    return SlideJob(None, None, None, state["normalizer"], state["options"], state["zarr_path"],  # type: ignore[arg-type]
+                    state["work"], None, state["threshold"], state["min_size"], state["instances"], None,
+                    token=state["token"], _remote=state)
+
+
+
+def _worker_run(state: dict) -> tuple:
+    """(slide, model, prepared network, device) of a run in this process, loaded once per
+    run (the slide reopened if someone closed it)."""
+    from .slides import open_slide
+
+    token = f"{state['token']}:{state['work']}"
+    with _WORKER_LOCK:
+        cached = _WORKER_RUNS.get(token)
+        if cached is not None and cached[0].path is not None and cached[0]._handle is None \
+                and not cached[0].path.is_dir():
+            cached = None  # closed by someone: open it again
+        if cached is None:
+            source = state["slide"]
+            slide = open_slide(source) if isinstance(source, Path) else source
+            card = state["card"]
+            model = SegmentationModel(_load_network_state(SegmentationModel.new(card), state["work"] /
+                                                          "network.safetensors"), card)
+            device = select_device(state["options"].device)
+            cached = (slide, model, ready_network(model.network, device), device)
+            _WORKER_LOADS[0] += 1
+            while len(_WORKER_RUNS) >= _WORKER_KEEP:
+                _WORKER_RUNS.pop(next(iter(_WORKER_RUNS)))
+            _WORKER_RUNS[token] = cached
+    return cached
 
 
 # --------------------------------------------------------------------------- planning
@@ -258,8 +329,11 @@ def plan_slide(slide: Slide, model: SegmentationModel, out: Path, options: Slide
         tmp = run_file.with_name(".run.json.tmp")
         tmp.write_text(json.dumps(info, indent=1))
         tmp.replace(run_file)
+    import hashlib
+
+    token = hashlib.sha256(json.dumps([fingerprint, str(out.resolve())], sort_keys=True).encode()).hexdigest()[:16]
     job = SlideJob(slide, model, ready_network(adapted, device), normalizer, options, out, work, mask, threshold,
-                   min_size, instances, device, cancel)
+                   min_size, instances, device, cancel, token=token)
     return job, {"resumed": resumed, "fingerprint": fingerprint}
 
 
@@ -273,10 +347,17 @@ def check_cancel(job: SlideJob) -> None:
 
 
 def process_block(job: SlideJob, block) -> int:
-    """Segment one block; returns the number of objects it owns. Skips a finished block."""
+    """Segment one block; returns the number of objects it owns. Skips a finished block.
+
+    Writes in this order: the block's anchors (exactly one chunk of the work array; zarr's
+    local store writes a chunk to a temporary file and renames it), then its object table
+    (atomic, :meth:`ObjectTable.save`), the "done" marker. A block killed at any point has
+    no table and is computed again, by a rerun or by another dask worker; nothing reads a
+    block's anchors before its table exists."""
     table_path = job.table_path(block)
     if table_path.exists():
         return -1
+    job = job.ready()
     check_cancel(job)
     _, _, y0, y1, x0, x1 = block
     h, w = job.shape
@@ -320,11 +401,17 @@ def process_block(job: SlideJob, block) -> int:
 
 
 
+def block_key(job: SlideJob, block) -> str:
+    """The dask key of a block's task: unique per run, so slides of a cohort share a cluster."""
+    return f"minenet-block-{job.token}-{block[0]}-{block[1]}"
+
+
+
 def block_tasks(job: SlideJob, blocks) -> list:
     """One dask ``delayed`` task per block (pure=False: each writes its part of the output).
-    Compute them with any dask scheduler; :func:`finish_slide` then assembles the result."""
+    Compute them with any dask scheduler (threads, or dask.distributed: see ``slide_cluster``);
+    :func:`finish_slide` then assembles the result."""
     import dask
 
-    return [dask.delayed(process_block, pure=False)(job, blk, dask_key_name=f"minenet-block-{blk[0]}-{blk[1]}")
-            for blk in blocks]
+    return [dask.delayed(process_block, pure=False)(job, blk, dask_key_name=block_key(job, blk)) for blk in blocks]
 

@@ -24,7 +24,9 @@ How a slide is segmented (:func:`segment_slide`):
 
 Planning and the blocks are in ``slide_blocks``, assembling the result in ``slide_stitching``.
 Blocks are dask ``delayed`` tasks (:func:`block_tasks`) run on dask's local threaded
-scheduler; the same tasks run on ``dask.distributed`` (a worker reopens the slide by path).
+scheduler, or, with ``scheduler=``, the same tasks on ``dask.distributed`` (``slide_cluster``:
+a LocalCluster or an existing cluster; a worker reopens the slide by path and loads the
+network once).
 Memory is a few blocks plus the sorted anchors (8 bytes per nucleus), whatever the size
 of the slide. Objects larger than ``halo - CONTEXT`` px beyond a block border cannot be
 seen whole by both blocks; they are counted (``oversized``) and may be cut.
@@ -51,6 +53,7 @@ from .slide_blocks import (
     LABELS_PATH,
     SlideJob,
     SlideOptions,
+    block_key,
     block_tasks,
     check_cancel,
     plan_slide,
@@ -114,6 +117,7 @@ def segment_slide(
     progress: ProgressCallback | None = None,
     cancel: CancelCheck | None = None,
     statistics_tiles: list[np.ndarray] | None = None,
+    scheduler=None,
 ) -> SlideResult:
     """Segment a whole slide into the OME-Zarr ``out`` (labels under ``labels/nuclei``).
 
@@ -121,7 +125,10 @@ def segment_slide(
     as done); ``cancel()`` is checked between tiles (raises :class:`Cancelled`; finished
     blocks are kept and the next run resumes from them). A finished output with the same
     settings is not recomputed. ``statistics_tiles`` (raw pixels, all the same shape)
-    replaces the tissue sample the normalisation statistics come from.
+    replaces the tissue sample the normalisation statistics come from. ``scheduler``: None
+    (dask's threads, ``options.workers`` blocks at once), ``"local"`` (a dask.distributed
+    LocalCluster of ``options.workers`` processes), a scheduler address
+    (``"tcp://host:8786"``) or a ``distributed.Client``; the labels are the same.
     """
     started = time.monotonic()
     opened = not isinstance(slide, Slide)
@@ -158,7 +165,7 @@ def segment_slide(
 
         if progress is not None:
             progress(resumed, len(blocks))
-        _run_blocks(job, todo, block_done)
+        _run_blocks(job, todo, block_done, scheduler, cancel)
         check_cancel(job)
         count, lost, oversized, outputs = finish_slide(job, geojson=geojson, csv=csv)
         result = SlideResult(out, LABELS_PATH, slide.shape, slide.mpp, count, len(job.blocks()), len(blocks),
@@ -187,14 +194,22 @@ def _resolved(model: SegmentationModel, options: SlideOptions) -> tuple[float, i
 
 
 
-def _run_blocks(job: SlideJob, todo, on_done: Callable[[int], None]) -> None:
-    """Run the block tasks on dask's threaded scheduler, reporting each finished block."""
+def _run_blocks(job: SlideJob, todo, on_done: Callable[[int], None], scheduler=None,
+                cancel: CancelCheck | None = None) -> None:
+    """Run the block tasks on dask's threaded scheduler, or on dask.distributed when a
+    ``scheduler`` is given, reporting each finished block."""
     import dask
     from dask.callbacks import Callback
 
     if not todo:
         return
-    keys = {f"minenet-block-{b[0]}-{b[1]}" for b in todo}
+    if scheduler is not None:
+        from .slide_cluster import connect, run_blocks_on
+
+        with connect(scheduler, job.options.workers) as client:
+            run_blocks_on(client, job, todo, on_done, cancel)
+        return
+    keys = {block_key(job, b) for b in todo}
 
     class _Report(Callback):
         def _posttask(self, key, result, dsk, state, worker_id):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import warnings
@@ -12,7 +13,7 @@ from ..data import MAX_TILE_SIZE
 from ..samples import SAMPLES
 from .common import EXIT_CODES, LazyProgress, int_in, number, one_line, pixel_size_arg
 
-__all__ = ["add_segment_parser", "add_demo_parser", "add_segment_options", "segment_files"]
+__all__ = ["add_segment_parser", "add_demo_parser", "add_segment_options", "segment_files", "expand_folders"]
 
 
 def _output_stems(paths: list[Path]) -> list[tuple[Path, str]]:
@@ -68,10 +69,7 @@ def _write_outputs(out_dir: Path, stem: str, labels, prob, image, *, save_probab
 
 
 def segment_files(paths, out_dir: Path, args) -> int:
-    from ..data import GreyImageWarning, read_image
     from ..files import remove_stale_temp_files
-    from ..pixel_size import describe_pixel_size, read_pixel_size
-    from ..segmentation import save_measurements, segment, segment_stack, split_planes, summarize
     from ..zoo import load_model
 
     if out_dir.exists() and not out_dir.is_dir():
@@ -79,53 +77,108 @@ def segment_files(paths, out_dir: Path, args) -> int:
     model = load_model(args.model)
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temp_files(out_dir)
-    instances = args.instances
     failures = 0
-    for path, stem in _output_stems([Path(p) for p in paths]):
-        try:
-            if not getattr(args, "no_slide", False) and _is_slide(path):
-                _segment_slide_file(path, out_dir, stem, model, args)
-                continue
-            image = read_image(path)
-            lead, _ = split_planes(image)
-            bar = LazyProgress(path.name, "plane" if lead else "tile")
-            pixel_size = args.pixel_size if args.pixel_size != "auto" else (read_pixel_size(path) or "auto")
+    stems = _output_stems([Path(p) for p in paths])
+    slides = {path for path, _ in stems if not getattr(args, "no_slide", False) and _is_slide(path)}
+    with _cluster(args, bool(slides)) as client:
+        for path, stem in stems:
             try:
-                kwargs = dict(instances=instances, threshold=args.threshold, min_size=args.min_size,
-                              device=args.device, tile_size=args.tile, batch_size=args.batch_size,
-                              pixel_size=pixel_size)
-                with warnings.catch_warnings():
-                    if not args.allow_grey:  # a grey image on a colour model: refuse (one line) unless asked
-                        warnings.simplefilter("error", GreyImageWarning)
-                    if lead:
-                        stack = segment_stack(image, model, progress=bar, **kwargs)
-                        labels, prob = stack.labels, stack.probability
-                        summary = f"{len(stack.planes)} planes, " + summarize(labels, model.card.object_name,
-                                                                              stack.instances, stack.pixel_size)
-                        result = stack.planes[0]
-                    else:
-                        result = segment(image, model, progress=bar, **kwargs)
-                        labels, prob = result.labels, result.probability
-                        summary = summarize(labels, model.card.object_name, result.instances, result.pixel_size)
-            finally:
-                bar.close()
-            summary += f" [{describe_pixel_size(result.pixel_size)}{'; ' + result.size_note if result.size_note else ''}]"
-            written, replaced = _write_outputs(out_dir, stem, labels, prob, image,
-                                               save_probability=args.save_probability, overlay=args.overlay,
-                                               pixel_size=result.pixel_size)
-            if args.measurements and labels.ndim == 2:
-                written.append(out_dir / f"{stem}_measurements.csv")
-                replaced |= written[-1].exists()
-                save_measurements(written[-1], labels, image, result.pixel_size)
-            print(f"{path.name}: {summary} -> {', '.join(str(w) for w in written)}"
-                  + (" (replaced the earlier output)" if replaced else ""))
-        except GreyImageWarning as exc:
-            failures += 1
-            print(f"error: {path}: {exc} (--allow-grey segments it anyway)", file=sys.stderr)
-        except (ValueError, OSError, RuntimeError) as exc:
-            failures += 1
-            print(f"error: {path}: {one_line(exc)}", file=sys.stderr)
+                if path in slides:
+                    _segment_slide_file(path, out_dir, stem, model, args, client)
+                else:
+                    failures += _segment_image_file(path, out_dir, stem, model, args)
+            except (ValueError, OSError, RuntimeError) as exc:
+                failures += 1
+                print(f"error: {path}: {one_line(exc)}", file=sys.stderr)
     return 1 if failures else 0
+
+
+def _segment_image_file(path: Path, out_dir: Path, stem: str, model, args) -> int:
+    """One ordinary image (or stack): segment() whole, label TIFF (+ overlay, probability, CSV).
+    Returns 1 for a grey image refused by a colour model (said on stderr), else 0."""
+    from ..data import GreyImageWarning, read_image
+    from ..pixel_size import describe_pixel_size, read_pixel_size
+    from ..segmentation import save_measurements, segment, segment_stack, split_planes, summarize
+
+    instances = args.instances
+    try:
+        image = read_image(path)
+        lead, _ = split_planes(image)
+        bar = LazyProgress(path.name, "plane" if lead else "tile")
+        pixel_size = args.pixel_size if args.pixel_size != "auto" else (read_pixel_size(path) or "auto")
+        try:
+            kwargs = dict(instances=instances, threshold=args.threshold, min_size=args.min_size,
+                          device=args.device, tile_size=args.tile, batch_size=args.batch_size,
+                          pixel_size=pixel_size)
+            with warnings.catch_warnings():
+                if not args.allow_grey:  # a grey image on a colour model: refuse (one line) unless asked
+                    warnings.simplefilter("error", GreyImageWarning)
+                if lead:
+                    stack = segment_stack(image, model, progress=bar, **kwargs)
+                    labels, prob = stack.labels, stack.probability
+                    summary = f"{len(stack.planes)} planes, " + summarize(labels, model.card.object_name,
+                                                                          stack.instances, stack.pixel_size)
+                    result = stack.planes[0]
+                else:
+                    result = segment(image, model, progress=bar, **kwargs)
+                    labels, prob = result.labels, result.probability
+                    summary = summarize(labels, model.card.object_name, result.instances, result.pixel_size)
+        finally:
+            bar.close()
+        summary += f" [{describe_pixel_size(result.pixel_size)}{'; ' + result.size_note if result.size_note else ''}]"
+        written, replaced = _write_outputs(out_dir, stem, labels, prob, image,
+                                           save_probability=args.save_probability, overlay=args.overlay,
+                                           pixel_size=result.pixel_size)
+        if args.measurements and labels.ndim == 2:
+            written.append(out_dir / f"{stem}_measurements.csv")
+            replaced |= written[-1].exists()
+            save_measurements(written[-1], labels, image, result.pixel_size)
+        print(f"{path.name}: {summary} -> {', '.join(str(w) for w in written)}"
+              + (" (replaced the earlier output)" if replaced else ""))
+    except GreyImageWarning as exc:
+        print(f"error: {path}: {exc} (--allow-grey segments it anyway)", file=sys.stderr)
+        return 1
+    return 0
+
+
+@contextlib.contextmanager
+def _cluster(args, any_slide: bool):
+    """The dask.distributed client for ``--scheduler`` (one for all the slides of the run),
+    or None: dask's threads in this process."""
+    scheduler = getattr(args, "scheduler", None)
+    if scheduler is None:
+        yield None
+        return
+    if not any_slide:
+        print("note: --scheduler is for whole slides; these images are segmented in this process", file=sys.stderr)
+        yield None
+        return
+    from ..slide_cluster import connect
+
+    with connect(scheduler, args.workers) as client:
+        workers = len(client.scheduler_info().get("workers", {}))
+        print(f"dask scheduler {client.scheduler.address}: {workers} workers", file=sys.stderr)
+        yield client
+
+
+def expand_folders(inputs) -> list[str]:
+    """Folders become the slides inside them (sorted; not recursive); an OME-Zarr folder is
+    a slide itself. A folder without slides is reported and skipped."""
+    from ..slides import is_slide_path, looks_like_slide
+
+    paths = []
+    for item in inputs:
+        path = Path(item)
+        if not path.is_dir() or is_slide_path(path):
+            paths.append(str(item))
+            continue
+        found = [str(p) for p in sorted(path.iterdir()) if not p.name.startswith(".") and looks_like_slide(p)]
+        if not found:
+            print(f"note: {path} holds no whole slides (.svs, .ndpi, pyramidal TIFF, OME-Zarr)", file=sys.stderr)
+        paths += found
+    if not paths:
+        raise ValueError("nothing to segment: the folders given hold no whole slides")
+    return paths
 
 
 def _is_slide(path: Path) -> bool:
@@ -134,7 +187,7 @@ def _is_slide(path: Path) -> bool:
     return looks_like_slide(path)
 
 
-def _segment_slide_file(path: Path, out_dir: Path, stem: str, model, args) -> None:
+def _segment_slide_file(path: Path, out_dir: Path, stem: str, model, args, client=None) -> None:
     """A pyramid or a very large image: blocks over the full resolution, written as they are
     done (OME-Zarr labels, GeoJSON, CSV); a rerun resumes."""
     from ..slide_engine import SlideOptions, segment_slide
@@ -151,7 +204,7 @@ def _segment_slide_file(path: Path, out_dir: Path, stem: str, model, args) -> No
     try:
         result = segment_slide(path, model, zarr_path, options=options,
                                geojson=out_dir / f"{stem}_{name}.geojson",
-                               csv=out_dir / f"{stem}_measurements.csv", progress=bar)
+                               csv=out_dir / f"{stem}_measurements.csv", progress=bar, scheduler=client)
     finally:
         bar.close()
     how = (f"resumed {result.blocks_resumed} finished blocks, " if result.blocks_resumed and result.blocks_computed
@@ -171,7 +224,7 @@ def _segment_slide_file(path: Path, out_dir: Path, stem: str, model, args) -> No
 
 
 def _cmd_segment(args: argparse.Namespace) -> int:
-    return segment_files(args.images, Path(args.output), args)
+    return segment_files(expand_folders(args.images), Path(args.output), args)
 
 
 def _has_display() -> bool:
@@ -232,7 +285,7 @@ def add_segment_parser(sub) -> None:
                                    "a_png_labels.tif, a_tif_labels.tif).")
     p.add_argument("images", nargs="+", help="TIFF / PNG / JPEG files (stacks are segmented plane by plane); "
                                              "whole slides (.svs, .ndpi, pyramidal or very large TIFF, OME-TIFF, "
-                                             "OME-Zarr) are segmented block by block")
+                                             "OME-Zarr) are segmented block by block; a folder: the slides in it")
     p.add_argument("-o", "--output", required=True, help="output folder")
     add_segment_options(p)
     slides = p.add_argument_group(
@@ -242,7 +295,12 @@ def add_segment_parser(sub) -> None:
     slides.add_argument("--block-size", type=int_in(256, 8192), default=None,
                         help="px per block (default 2048; up to 1024, or a multiple of 1024)")
     slides.add_argument("--workers", type=int_in(1, 64), default=1,
-                        help="blocks computed at once (default 1; memory grows with it)")
+                        help="blocks computed at once (default 1; memory grows with it); with --scheduler local, "
+                             "the number of worker processes")
+    slides.add_argument("--scheduler", default=None, metavar="local|ADDRESS",
+                        help="compute the blocks on dask.distributed: 'local' (a LocalCluster of --workers "
+                             "processes on this machine) or the address of a running scheduler (tcp://host:8786; "
+                             "its workers must see the slides and -o). Default: threads in this process")
     slides.add_argument("--no-slide", action="store_true",
                         help="read large images whole as before instead of block by block")
     p.set_defaults(func=_cmd_segment)
