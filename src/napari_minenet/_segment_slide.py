@@ -74,6 +74,7 @@ class SlideActions:
         options = SlideOptions(device=self.device_combo.currentData(), instances=self.instances_check.isChecked(),
                                threshold=self.threshold_slider.value() / 100, min_size=self.min_size_spin.value())
         stem = out.name.removesuffix(".zarr")
+        scheduler = self.scheduler_edit.text().strip() or None  # None: this computer's threads
         cancel = threading.Event()
         self._cancel_event = cancel
         relay = common.Relay(self)
@@ -83,13 +84,15 @@ class SlideActions:
             try:
                 return segment_slide(slide, model, out, options=options, progress=relay.progressed.emit,
                                      cancel=cancel.is_set, csv=out.with_name(f"{stem}_measurements.csv"),
-                                     geojson=out.with_name(f"{stem}_{model.card.object_name}.geojson"))
+                                     geojson=out.with_name(f"{stem}_{model.card.object_name}.geojson"),
+                                     scheduler=scheduler)
             except EXPECTED_ERRORS as exc:
                 return common.Failed(exc)
 
         self._progress_unit = "tissue blocks"
         self._running_layer = layer
-        self._set_running(True, f"segmenting the whole slide {layer.name} into {out}")
+        where = f" on the dask scheduler {scheduler}" if scheduler else ""
+        self._set_running(True, f"segmenting the whole slide {layer.name} into {out}{where}")
         self._pbar = napari_progress(total=0, desc=f"Mini-Net: whole slide {layer.name}")
         self.worker = create_worker(job)
         self.worker.returned.connect(lambda res: self._on_slide_returned(res, layer, name))
@@ -121,7 +124,9 @@ class SlideActions:
             placement["units"] = tuple(layer.units)[-2:]
         if name in self.viewer.layers:
             self.viewer.layers.remove(name)
-        target = self.viewer.add_labels(arrays, name=name, multiscale=True, **placement)
+        # (napari refuses a multiscale list of one level: a slide of at most 1,024 px)
+        data = arrays if len(arrays) > 1 else arrays[0]
+        target = self.viewer.add_labels(data, name=name, multiscale=len(arrays) > 1, **placement)
         instances = bool(self.model.card.instances) if self.model is not None else True
         target.colormap = label_colormap(instances)
         target.opacity = OUTLINE_OPACITY if self.outlines_button.isChecked() else FILLED_OPACITY
@@ -157,7 +162,8 @@ class SlideActions:
             common.notify_error(f"The visible region is {h:,} x {w:,} px: zoom in to at most 4,000 x 4,000 px "
                                 "to correct it.")
             return
-        labels = np.asarray(self.slide_layer.data[0][y0 : y0 + h, x0 : x0 + w]).astype(np.uint32)
+        level0 = self.slide_layer.data[0] if self.slide_layer.multiscale else self.slide_layer.data
+        labels = np.asarray(level0[y0 : y0 + h, x0 : x0 + w]).astype(np.uint32)
         region.load()
         card = self.model.card
         self.result = SegmentationResult(labels.copy(), None, None, card, card.default_threshold,  # type: ignore[arg-type]

@@ -14,6 +14,7 @@ from qtpy.QtWidgets import (
     QFormLayout,
     QHBoxLayout,
     QLabel,
+    QLineEdit,
     QProgressBar,
     QPushButton,
     QRadioButton,
@@ -78,6 +79,11 @@ def _inputs(panel: QWidget) -> None:
     panel.region_combo.setToolTip("The whole full-resolution image (in tiles); for very large images, only what "
                                  "is on the canvas; or a whole slide block by block, glass skipped, the labels "
                                  "written to an OME-Zarr beside the image and shown lazily")
+    panel.scheduler_edit = QLineEdit()  # whole slides only: shown while "Whole slide" is chosen
+    panel.scheduler_edit.setPlaceholderText("this computer (threads)")
+    panel.scheduler_edit.setToolTip("Whole slides: the address of a dask scheduler (tcp://host:8786) to compute "
+                                    "the blocks on a cluster whose workers see the slide's folder; empty: this "
+                                    "computer")
     panel.pixel_size_spin = PixelSizeControl()
     panel.instances_check = QCheckBox("One label per object")
     panel.probability_check = QCheckBox("Probability map")
@@ -147,6 +153,13 @@ def _lay_out(panel: QWidget) -> None:
     where_row = QHBoxLayout()  # stack: which slices; large images: whole or visible region
     where_row.addWidget(panel.slices_combo)
     where_row.addWidget(panel.region_combo)
+    panel.scheduler_row = QWidget()
+    scheduler_form = QFormLayout(panel.scheduler_row)
+    scheduler_form.setContentsMargins(0, 0, 0, 0)
+    scheduler_form.addRow("Scheduler address", panel.scheduler_edit)
+    panel.scheduler_row.setVisible(False)
+    panel.region_combo.currentIndexChanged.connect(
+        lambda _: panel.scheduler_row.setVisible(panel.region_combo.currentData() == "slide"))
     checks_row = QHBoxLayout()
     checks_row.addWidget(panel.instances_check)
     checks_row.addWidget(panel.probability_check)
@@ -171,6 +184,7 @@ def _lay_out(panel: QWidget) -> None:
     layout.setSpacing(4)
     layout.addLayout(form)
     layout.addLayout(where_row)
+    layout.addWidget(panel.scheduler_row)
     layout.addLayout(checks_row)
     layout.addLayout(run_row)
     layout.addWidget(panel.progress_bar)
