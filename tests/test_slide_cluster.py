@@ -126,6 +126,38 @@ def test_a_worker_killed_in_the_middle_of_a_block_changes_no_label(slide, thread
     assert (tmp_path / "one.geojson").read_text() == geojson
 
 
+def test_a_block_whose_table_was_not_written_is_not_done(slide, threaded, tmp_path, monkeypatch):
+    """A failure after a block's labels were written but before its table (the "done"
+    marker) was complete: the rerun computes that block again instead of reading it."""
+    from napari_minenet.slide_export import ObjectTable
+
+    labels, geojson, reference = threaded
+    save, calls, failed = ObjectTable.save, [], []
+
+    def fail_once(table, path):  # on the first block with nuclei after three saved tables
+        calls.append(path)
+        if len(calls) > 3 and len(table) and len(calls) == len(set(calls)) and not failed:
+            failed.append(path)
+            path.with_name(f".{path.name}.1.tmp").write_bytes(b"PK\x03\x04 half a table")
+            raise OSError(28, "No space left on device")
+        save(table, path)
+
+    monkeypatch.setattr(ObjectTable, "save", fail_once)
+    out = tmp_path / "one.zarr"
+    with pytest.raises(OSError, match="No space"):
+        segment_slide(slide, "nuclei", out, options=BLOCK)
+    monkeypatch.setattr(ObjectTable, "save", save)
+    [failed] = failed
+    done = len(calls) - 1
+    by, bx = (int(v) for v in failed.stem.split("_"))
+    anchors = zarr.open_array(str(tmp_path / ".one.zarr.work" / "anchors"), mode="r")
+    assert np.asarray(anchors[by * 256 : by * 256 + 256, bx * 256 : bx * 256 + 256]).any()  # its labels were written
+    assert not failed.exists() and len(list(failed.parent.glob("*.npz"))) == done >= 3
+    result = segment_slide(slide, "nuclei", out, options=BLOCK, geojson=tmp_path / "one.geojson")
+    assert result.blocks_resumed == done and result.blocks_computed == reference.blocks_tissue - done
+    assert np.array_equal(_labels(out), labels) and (tmp_path / "one.geojson").read_text() == geojson
+
+
 def _cli(args, **kwargs):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     return subprocess.Popen([sys.executable, "-m", "napari_minenet.cli", "segment", *args], env=env, **kwargs)

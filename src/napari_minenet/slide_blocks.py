@@ -349,11 +349,11 @@ def check_cancel(job: SlideJob) -> None:
 def process_block(job: SlideJob, block) -> int:
     """Segment one block; returns the number of objects it owns. Skips a finished block.
 
-    Writes in this order: the block's anchors (exactly one chunk of the work array; zarr's
-    local store writes a chunk to a temporary file and renames it), then its object table
-    (atomic, :meth:`ObjectTable.save`), the "done" marker. A block killed at any point has
-    no table and is computed again, by a rerun or by another dask worker; nothing reads a
-    block's anchors before its table exists."""
+    Writes in this order: the block's anchors (exactly one chunk of the work array; zarr
+    3.1's local store writes it to a temporary file and renames it), then its object table
+    (atomically, :meth:`ObjectTable.save`): the "done" marker. A block stopped at any point
+    has no table and is computed again, by a rerun or by another dask worker; nothing reads
+    a block's anchors before its table exists, so a half-written chunk is never used."""
     table_path = job.table_path(block)
     if table_path.exists():
         return -1
