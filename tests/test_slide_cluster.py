@@ -73,6 +73,24 @@ def test_a_local_cluster_gives_the_threaded_labels_and_loads_the_network_once_pe
     assert worker_loads() == here  # the client process computed no block
 
 
+def test_cancel_stops_the_cluster_blocks_and_a_rerun_resumes(slide, threaded, client, tmp_path):
+    from napari_minenet.inference import Cancelled
+
+    labels, _, reference = threaded
+    out, seen = tmp_path / "one.zarr", []
+    with pytest.raises(Cancelled):
+        segment_slide(slide, "nuclei", out, options=BLOCK, scheduler=client,
+                      progress=lambda done, total: seen.append(done), cancel=lambda: len(seen) > 3)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(client.processing().values()):
+        time.sleep(0.1)
+    assert not any(client.processing().values())  # the unfinished blocks were cancelled on the cluster
+    finished = len(list((tmp_path / ".one.zarr.work" / "blocks").glob("*.npz")))
+    assert 3 <= finished < reference.blocks_tissue
+    result = segment_slide(slide, "nuclei", out, options=BLOCK, scheduler=client)
+    assert result.blocks_resumed == finished and np.array_equal(_labels(out), labels)
+
+
 class KillOnce(distributed.WorkerPlugin):
     """Kills its own worker process (SIGKILL) 0.2 s after a block starts there, once per
     test (an exclusive flag file), after ``after`` blocks of the run have finished; writes
