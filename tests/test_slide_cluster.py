@@ -88,7 +88,10 @@ def test_cancel_stops_the_cluster_blocks_and_a_rerun_resumes(slide, threaded, cl
     finished = len(list((tmp_path / ".one.zarr.work" / "blocks").glob("*.npz")))
     assert 3 <= finished < reference.blocks_tissue
     result = segment_slide(slide, "nuclei", out, options=BLOCK, scheduler=client)
-    assert result.blocks_resumed == finished and np.array_equal(_labels(out), labels)
+    # (a block already running when cancelled may still finish: a cancelled task's thread is not interrupted)
+    assert finished <= result.blocks_resumed <= finished + 2 < reference.blocks_tissue
+    assert result.blocks_resumed + result.blocks_computed == reference.blocks_tissue
+    assert np.array_equal(_labels(out), labels)
 
 
 class KillOnce(distributed.WorkerPlugin):
