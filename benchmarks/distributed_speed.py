@@ -39,7 +39,8 @@ def build_slides(out: Path, n: int, side: int, tissue: float) -> list[Path]:
     for i in range(n):
         path = out / f"slide{i}_{side}.tif"
         if not path.exists():
-            write_slide_tiff(path, tissue_layout((side, side), [ihc], tissue, seed=i), mpp=0.25)
+            origin = (side // 10 + 97 * i, side // 10 + 131 * i)  # the same tissue, elsewhere on each slide
+            write_slide_tiff(path, tissue_layout((side, side), [ihc], tissue, origin=origin), mpp=0.25)
         paths.append(path)
     return paths
 
