@@ -8,7 +8,8 @@ cohort run starts from empty outputs (no resume). Reported: the median wall time
 worker count over ``--repeats`` runs, split into the block phase (first to last block, on
 the workers) and the rest (tissue mask, normalisation statistics, ids, pyramid, GeoJSON /
 CSV: in the client process), the speed-up, the cluster's start-up (not in the times), and
-the load average (the machine may be shared)::
+the load average (the machine may be shared; the runs alternate between the clusters so a
+neighbour's load falls on both alike)::
 
     python benchmarks/distributed_speed.py [--side 4096] [--slides 4] [--block-size 1024] [--repeats 3]
 
@@ -19,6 +20,7 @@ loading each slide's network on each worker is (once per slide and worker).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -104,21 +106,24 @@ def main(argv=None) -> int:
     print(f"{len(slides)} slides of {args.side:,}^2 px ({args.tissue:.0%} tissue), blocks of {args.block_size} px; "
           f"{_cpu()}, {os.cpu_count()} cores; load average before: {os.getloadavg()[0]:.2f}", flush=True)
     results = {}
-    for n in args.workers:
-        t0 = time.perf_counter()
-        with distributed.LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                                      dashboard_address=None) as cluster, distributed.Client(cluster) as client:
-            client.wait_for_workers(n)
-            client.run(_import_engine)
-            startup = time.perf_counter() - t0
-            runs = []
-            for r in range(args.repeats):
-                runs.append(run_cohort(client, slides, args.out / f"out_{n}", args.block_size))
+    with contextlib.ExitStack() as stack:
+        clients = {}
+        for n in args.workers:  # every cluster up first, then the runs interleaved (1, 2, 1, 2, ...)
+            t0 = time.perf_counter()
+            cluster = stack.enter_context(distributed.LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                                                                   dashboard_address=None))
+            clients[n] = stack.enter_context(distributed.Client(cluster))
+            clients[n].wait_for_workers(n)
+            clients[n].run(_import_engine)
+            results[n] = {"startup_s": round(time.perf_counter() - t0, 1), "runs": []}
+        for r in range(args.repeats):  # interleaved, so a neighbour's load falls on both alike
+            for n in args.workers:
+                results[n]["runs"].append(run_cohort(clients[n], slides, args.out / f"out_{n}", args.block_size))
                 print(json.dumps({"workers": n, "run": r, **{k: (round(v, 1) if isinstance(v, float) else v)
-                                                             for k, v in runs[-1].items()}}), flush=True)
-        results[n] = {"startup_s": round(startup, 1), "runs": runs,
-                      "wall_s": statistics.median(x["wall_s"] for x in runs),
-                      "blocks_s": statistics.median(x["blocks_s"] for x in runs)}
+                                                             for k, v in results[n]["runs"][-1].items()}}), flush=True)
+    for r in results.values():
+        r["wall_s"] = statistics.median(x["wall_s"] for x in r["runs"])
+        r["blocks_s"] = statistics.median(x["blocks_s"] for x in r["runs"])
     digests = {x["labels_sha256"] for r in results.values() for x in r["runs"]}
     base = results[args.workers[0]]
     print(f"\nlabels identical in every run: {len(digests) == 1}")
