@@ -111,7 +111,7 @@ def main(argv=None) -> int:
         for n in args.workers:  # every cluster up first, then the runs interleaved (1, 2, 1, 2, ...)
             t0 = time.perf_counter()
             cluster = stack.enter_context(distributed.LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                                                                   dashboard_address=None))
+                                                                   dashboard_address=":0"))
             clients[n] = stack.enter_context(distributed.Client(cluster))
             clients[n].wait_for_workers(n)
             clients[n].run(_import_engine)

@@ -48,7 +48,7 @@ def test_a_whole_slide_goes_to_the_scheduler_address_with_live_progress(make_nap
     values = []
     panel.progress_bar.valueChanged.connect(lambda v: values.append((v, panel.progress_bar.maximum())))
     with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
-                                  dashboard_address=None) as cluster, distributed.Client(cluster) as client:
+                                  dashboard_address=":0") as cluster, distributed.Client(cluster) as client:
         panel.scheduler_edit.setText(f"  {cluster.scheduler_address} ")
         panel.run()
         assert panel.worker is not None and "dask scheduler" in panel.progress_bar.toolTip()

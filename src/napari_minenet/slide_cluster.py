@@ -64,7 +64,7 @@ def connect(scheduler, workers: int = 1, timeout: str = "20s") -> Iterator[objec
         if workers < 1:
             raise ValueError(f"workers must be >= 1, not {workers}")
         with distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                      dashboard_address=None) as cluster, distributed.Client(cluster) as client:
+                                      dashboard_address=":0") as cluster, distributed.Client(cluster) as client:
             yield client
         return
     try:
