@@ -388,13 +388,46 @@ def quality_section(folder: Path) -> list[str]:
     return md
 
 
+#: a section of docs/benchmarks.md holding this line was written by hand from runs this script
+#: does not make (a GPU, real data, whole slides, a cluster): rewriting the file keeps it, also in
+#: place of a section of the same heading the script generates (delete the line to let it)
+HAND_WRITTEN = "<!-- hand-written: run_all.py keeps this section -->"
+
+
+def _sections(md: str) -> list[tuple[str, str]]:
+    """(heading, text) of each '## ' section; the text before the first one has heading ''."""
+    out: list[tuple[str, str]] = [("", "")]
+    for line in md.splitlines(keepends=True):
+        if line.startswith("## "):
+            out.append((line.strip(), ""))
+        out[-1] = (out[-1][0], out[-1][1] + line)
+    return out
+
+
+def keep_hand_written(new: str, old: str | None) -> str:
+    """``new`` with the hand-written sections of ``old`` kept: each replaces the generated section
+    of the same heading, or, where there is none, goes before '## Reproduce' (in its old order)."""
+    if not old:
+        return new
+    kept = {h: text for h, text in _sections(old) if h and HAND_WRITTEN in text}
+    sections = [(h, kept.pop(h, text)) for h, text in _sections(new)]
+    at = next((i for i, (h, _) in enumerate(sections) if h == "## Reproduce"), len(sections))
+    sections[at:at] = list(kept.items())
+    return "".join(text if text.endswith("\n") else text + "\n" for _, text in sections if text)
+
+
+def _write_markdown(path: Path, report: dict) -> None:
+    old = path.read_text(encoding="utf-8") if path.is_file() else None
+    path.write_text(keep_hand_written(markdown(report), old), encoding="utf-8")
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     out_dir = args.out_dir or (BENCH_DIR / "results-quick" if args.quick else REPO_ROOT / "docs")
     out_dir.mkdir(parents=True, exist_ok=True)
     if args.report_only:
         report = json.loads((out_dir / "benchmarks.json").read_text(encoding="utf-8"))
-        (out_dir / "benchmarks.md").write_text(markdown(report), encoding="utf-8")
+        _write_markdown(out_dir / "benchmarks.md", report)
         print(f"report re-rendered in {out_dir / 'benchmarks.md'}")
         return 0
     common.configure_threads(args.threads)
@@ -415,7 +448,7 @@ def main(argv=None) -> int:
     }
     common.write_json(out_dir / "benchmarks.json", report)
     md_path = out_dir / "benchmarks.md"
-    md_path.write_text(markdown(report), encoding="utf-8")
+    _write_markdown(md_path, report)
     print(f"report written to {md_path}")
     failed = [n for n, d in results.items() if "error" in d]
     if failed:
