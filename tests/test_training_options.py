@@ -3,7 +3,9 @@ size and object size a new card records, and patch preparation in worker process
 
 from __future__ import annotations
 
+import multiprocessing
 import shutil
+import time
 
 import numpy as np
 import pytest
@@ -89,8 +91,13 @@ def test_parallel_sampler_batches_match_and_workers_draw_different_patches(blob_
     parallel = ParallelSampler(base, 2)
     try:
         batches = [parallel.sample() for _ in range(4)]
+        assert len(multiprocessing.active_children()) == 2
     finally:
         parallel.close()
+    deadline = time.monotonic() + 10
+    while multiprocessing.active_children() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not multiprocessing.active_children()  # close() stopped the workers
     for x, y in batches:
         assert x.shape == x0.shape and y.shape == y0.shape and x.dtype == torch.float32
         assert set(np.unique(y.numpy())) <= {0.0, 1.0}

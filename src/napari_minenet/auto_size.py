@@ -47,8 +47,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage as ndi
 
-__all__ = ["WIDTH_LOW", "WIDTH_HIGH", "CERTAINTY_GAIN", "MAX_STEPS", "uncertain_share", "SAMPLE_SIDE", "SizeEstimate", "object_width",
-           "reference_width", "size_step", "plan_scale", "post_processes_at_model_scale", "labels_to_shape",
+__all__ = ["WIDTH_LOW", "WIDTH_HIGH", "CERTAINTY_GAIN", "MAX_STEPS", "uncertain_share", "SAMPLE_SIDE",
+           "SizeEstimate", "object_width", "reference_width", "size_step", "plan_scale", "post_processes_at_model_scale", "labels_to_shape",
            "probabilities_to_shape", "estimate_and_segment", "unresampled_slide_note"]
 
 WIDTH_LOW = 0.74

@@ -221,9 +221,7 @@ class ParallelSampler:
 
     def close(self) -> None:
         """Stop the worker processes (they also stop when this object is garbage-collected)."""
-        if self._batches is not None:
-            self._batches._shutdown_workers()
-            self._batches = None
+        self._batches = None  # the DataLoader's iterator stops its workers when it is released
 
 
 def _intensity_jitter(x: np.ndarray, aug: Augmentation, rng: np.random.Generator) -> np.ndarray:
