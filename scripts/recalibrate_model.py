@@ -26,6 +26,8 @@ def main() -> None:
     parser.add_argument("model", help="path without suffix, e.g. weights/nuclei")
     parser.add_argument("--fill-holes", action=argparse.BooleanOptionalAction, default=None)
     parser.add_argument("--licence", help="licence of the training data, for the card")
+    parser.add_argument("--bn-prior", type=float, default=None,
+                        help="weight of the training statistics in each image's BatchNorm statistics (card bn_prior)")
     args = parser.parse_args()
     base = Path(args.model)
     card = ModelCard.from_dict(json.loads(base.with_suffix(".json").read_text()))
@@ -34,6 +36,8 @@ def main() -> None:
         card.fill_holes = args.fill_holes
     if args.licence:
         card.licence = args.licence
+    if args.bn_prior is not None:
+        card.bn_prior = args.bn_prior
     network = card.build_network()
     network.load_state_dict(load_file(str(base.with_suffix(".safetensors"))))
     model = SegmentationModel(network.eval(), card)

@@ -36,15 +36,18 @@ def _run(path, image: np.ndarray) -> np.ndarray:
     return session.run(["probability"], {"image": x})[0][0]
 
 
-@pytest.mark.parametrize("statistics", ["image", "running"])
-def test_onnx_matches_pytorch(tmp_path, statistics):
-    model = _model(bn_statistics=statistics)
+@pytest.mark.parametrize("statistics, prior", [("image", 0.0), ("image", 0.3), ("running", 0.0)])
+def test_onnx_matches_pytorch(tmp_path, statistics, prior):
+    model = _model(bn_statistics=statistics, bn_prior=prior)
     path = export_onnx(model, tmp_path / "m.onnx")
     image = (np.random.default_rng(0).random((96, 132, 3)) * 255).astype(np.uint8)
     expected = predict_tiled(image, model, device="cpu", precision="fp32")  # whole image in one tile
     got = _run(path, image)
     assert got.shape == expected.shape == (2, 96, 132)
     np.testing.assert_allclose(got, expected, atol=1e-4)
+    if prior:  # the prior changes the prediction, so the export had to follow it
+        plain = predict_tiled(image, _model(bn_statistics=statistics), device="cpu", precision="fp32")
+        assert np.abs(plain - expected).max() > 1e-3
     card = json.loads(path.with_suffix(".json").read_text())
     assert card["name"] == "exp" and "onnx" in card
 

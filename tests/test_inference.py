@@ -393,6 +393,32 @@ def test_adapt_batchnorm_uses_the_batch_statistics_and_leaves_the_network_unchan
     torch.testing.assert_close(adapted.stem.bn.running_mean, stem_out.mean(dim=(0, 2, 3)), atol=1e-4, rtol=1e-4)
 
 
+def test_adapt_batchnorm_blends_the_stored_statistics_with_a_prior(tiny_model):
+    """prior p: each layer's statistics are those of the mixture (1 - p) batch + p stored, with
+    the batch's own taken from the plain AdaBN pass; the network is still not modified."""
+    net = tiny_model.network
+    torch.manual_seed(0)
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    batch = torch.randn(2, 3, 32, 32) * 3 + 1
+    plain = adapt_batchnorm(net, batch)
+    blended, out = adapt_batchnorm(net, batch, prior=0.25, return_output=True)
+    assert out is None  # the pass's output used the batch statistics alone: not a prediction
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    p = 0.25
+    for name, m in blended.named_modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            pm, pv = dict(plain.named_modules())[name].running_mean, dict(plain.named_modules())[name].running_var
+            sm, sv = before[f"{name}.running_mean"], before[f"{name}.running_var"]
+            torch.testing.assert_close(m.running_mean, (1 - p) * pm + p * sm)
+            torch.testing.assert_close(m.running_var, (1 - p) * pv + p * sv + p * (1 - p) * (pm - sm) ** 2)
+    with pytest.raises(ValueError, match="prior"):
+        adapt_batchnorm(net, batch, prior=1.0)
+
+
 def test_prediction_does_not_modify_the_model(tiny_model, make_blobs):
     rgb, _ = make_blobs(64, seed=7)
     net = tiny_model.network

@@ -54,6 +54,9 @@ def test_card_defaults_come_from_the_task():
     ("in_channels", 2, "in_channels"),
     ("out_channels", 3, "out_channels"),
     ("bn_statistics", "batch", "bn_statistics"),
+    ("bn_prior", 1.0, "bn_prior"),
+    ("bn_prior", -0.1, "bn_prior"),
+    ("bn_prior", "0.2", "bn_prior"),
     ("pixel_size_um", 0, "pixel_size_um"),
     ("pixel_size_um", -0.25, "pixel_size_um"),
     ("pixel_size_um", 300.0, "pixel_size_um"),  # 72 dpi is not a microscope's pixel

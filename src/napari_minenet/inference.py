@@ -89,7 +89,7 @@ BN_SAMPLE_TILE = 256
 
 
 @torch.no_grad()
-def adapt_batchnorm(network: nn.Module, batch: torch.Tensor, *, return_output: bool = False):
+def adapt_batchnorm(network: nn.Module, batch: torch.Tensor, *, return_output: bool = False, prior: float = 0.0):
     """A copy of ``network`` whose BatchNorm statistics are those of ``batch`` (AdaBN).
 
     Every BatchNorm gets the mean and (biased) variance of its own input over (N, H, W)
@@ -97,15 +97,30 @@ def adapt_batchnorm(network: nn.Module, batch: torch.Tensor, *, return_output: b
     The original network is not changed. With ``return_output`` the pass's output (the
     prediction for ``batch``) is returned too: ``(network, logits)``.
 
+    ``prior`` (0 <= prior < 1) then blends in the statistics stored in ``network`` (those of
+    its training images): each BatchNorm's mean and variance become those of the mixture
+    ``(1 - prior) * batch + prior * stored`` (mean ``(1-p) m_b + p m_s``; variance
+    ``(1-p) v_b + p v_s + p (1-p) (m_b - m_s)^2``), a shrinkage towards the source statistics
+    as in Schneider et al., "Improving robustness against common corruptions by covariate
+    shift adaptation" (NeurIPS 2020). Each layer's batch statistics are those of the ordinary
+    AdaBN pass (every layer upstream normalised with the batch's own statistics), blended
+    afterwards: measured on unseen H&E (TNBC), this is what helps; blending layer by layer
+    during the pass (each layer's input already normalised with blended statistics) gave
+    nothing (docs/results.md, "Normalisation statistics with a prior"). The logits returned with
+    ``return_output`` are those of the pass itself, so with a prior they are ``None``.
+
     The pass runs the BatchNorms in training mode with momentum 1 (PyTorch's own kernel: the
     pass takes 1.55x less CPU than computing ``var_mean`` in hooks), then turns the stored
     unbiased variance back into the biased one that training mode normalised with.
     """
+    if not 0.0 <= prior < 1.0:
+        raise ValueError(f"prior must be from 0 up to (not including) 1, got {prior}")
     net = copy.deepcopy(network).to(batch.device).eval()
     if batch.device.type == "cpu":
         net = net.to(memory_format=torch.channels_last)
         batch = batch.contiguous(memory_format=torch.channels_last)
     norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    stored = {m: (m.running_mean.clone(), m.running_var.clone()) for m in norms} if prior > 0 else {}
     counts: dict[nn.Module, int] = {}
 
     def count(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
@@ -128,6 +143,13 @@ def adapt_batchnorm(network: nn.Module, batch: torch.Tensor, *, return_output: b
         n = counts.get(m, 0)
         if n > 1:
             m.running_var.mul_((n - 1) / n)
+        if prior > 0:
+            mean_s, var_s = stored[m]
+            mean_b, var_b = m.running_mean.clone(), m.running_var.clone()
+            m.running_mean.copy_((1 - prior) * mean_b + prior * mean_s)
+            m.running_var.copy_((1 - prior) * var_b + prior * var_s + prior * (1 - prior) * (mean_b - mean_s) ** 2)
+    if prior > 0:
+        out = None  # (the pass normalised with the batch's statistics alone)
     return (net, out) if return_output else net
 
 
@@ -152,8 +174,8 @@ def _prepare(model: SegmentationModel, image: np.ndarray, normalizer: Normalizer
         tiles = [normalizer(image[y0:y1, x0:x1]) for y0, y1, x0, x1 in boxes]
         batch = torch.from_numpy(np.stack(tiles)).to(device)
         with _autocast(device, precision):
-            net, out = adapt_batchnorm(net, batch, return_output=True)
-        if keep_output and boxes == [(0, h, 0, w)]:
+            net, out = adapt_batchnorm(net, batch, return_output=True, prior=model.card.bn_prior)
+        if keep_output and boxes == [(0, h, 0, w)] and out is not None:
             return net, out
     return ready_network(net, device), logits
 
@@ -181,7 +203,7 @@ def adapt_to_tiles(model: SegmentationModel, tiles: Sequence[np.ndarray], normal
     if not tiles:
         raise ValueError("no tiles to estimate the normalisation statistics from")
     batch = torch.from_numpy(np.stack([normalizer(t) for t in tiles])).to(device)
-    return adapt_batchnorm(model.network, batch).cpu()
+    return adapt_batchnorm(model.network, batch, prior=model.card.bn_prior).cpu()
 
 
 def predict_with_network(image: np.ndarray, model: SegmentationModel, network: nn.Module, normalizer: Normalizer,

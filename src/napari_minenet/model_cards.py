@@ -74,6 +74,11 @@ class ModelCard:
     #: "image": re-estimate BatchNorm statistics on each image (AdaBN); "running": use
     #: the statistics stored in the weights.
     bn_statistics: str = "image"
+    #: with ``bn_statistics == "image"``: the weight of the statistics stored in the weights
+    #: (those of the training images) in each BatchNorm's statistics, the image's own
+    #: weighing ``1 - bn_prior`` (0: the image's alone). A prior keeps a tile whose content
+    #: is unusual (few nuclei, mostly stroma) from being normalised into a different regime.
+    bn_prior: float = 0.0
     #: resize so the longest side has this many pixels before inference (None = native)
     working_long_side: int | None = None
     default_threshold: float = 0.5
@@ -203,6 +208,8 @@ def validate_card(card: ModelCard) -> ModelCard:
         raise ValueError(f"{who}: {exc}") from None
     if card.bn_statistics not in ("image", "running"):
         raise bad("bn_statistics", "'image' or 'running'")
+    if not (_is_real(card.bn_prior) and 0.0 <= card.bn_prior < 1.0):
+        raise bad("bn_prior", "a number from 0 up to (not including) 1")
     if card.working_long_side is not None and not (
             _is_int(card.working_long_side) and MIN_SIDE <= card.working_long_side <= MAX_WORKING_LONG_SIDE):
         raise bad("working_long_side", f"null or an integer from {MIN_SIDE} to {MAX_WORKING_LONG_SIDE}")
