@@ -36,7 +36,7 @@ class InputStatisticsNorm(nn.Module):
     training mode; exportable to ONNX as plain arithmetic.
 
     With a ``prior`` (card ``bn_prior``) the statistics are blended with the stored ones the
-    way :func:`napari_minenet.inference.adapt_batchnorm` does: each layer's input statistics
+    way :func:`napari_minenet.adabn.adapt_batchnorm` does: each layer's input statistics
     are those of a first pass normalised with the input's own statistics alone
     (``collect``), blended, and used by a second pass (``apply``); :class:`ExportWrapper`
     runs both passes in the graph."""
