@@ -268,6 +268,20 @@ def test_finetune_train_mode_decides_which_weights_move(mode):
     assert all(torch.equal(v, before[k]) for k, v in parent.network.named_parameters())
 
 
+def test_a_version_keeps_the_parents_stored_batchnorm_statistics():
+    """With per-image statistics the stored ones are only the prior they are blended with (card
+    bn_prior): a new version keeps the parent's, not those of the user's few tiles."""
+    parent = _model()
+    buffers = {k: v.clone() for k, v in parent.network.named_buffers() if "running_" in k}
+    cfg = FinetuneConfig(max_seconds=30, max_steps=4, lr=1e-2, batch_size=2, patch_size=64, steps_per_validation=2)
+    result = run_to_end(finetune(parent, _examples(), cfg))
+    assert result.steps == 4
+    after = dict(result.model.network.named_buffers())
+    assert all(torch.equal(after[k].cpu(), v) for k, v in buffers.items())
+    moved = [k for k, v in result.model.network.named_parameters() if ".bn." in k]
+    assert moved  # (the BatchNorm scales / shifts still learn)
+
+
 def test_finetune_rejects_unknown_train_mode():
     with pytest.raises(ValueError, match="norm"):
         run_to_end(finetune(_model(), _examples(), FinetuneConfig(max_seconds=5, train="bias")))

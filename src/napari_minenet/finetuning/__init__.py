@@ -124,6 +124,14 @@ def _new_version(parent_model: SegmentationModel, cfg: FinetuneConfig, output, d
     card.created = ""
     card.weights_sha256 = ""
     child = SegmentationModel(copy.deepcopy(parent_model.network).to(dev), card)
+    if card.bn_statistics == "image":
+        # the stored BatchNorm statistics are the prior every image's statistics are blended with (card
+        # bn_prior): they stay the parent's (its training images'), not those of the user's few tiles, which
+        # training mode would otherwise write into them (measured: a version fine-tuned on 2 TNBC tiles with
+        # its statistics replaced lost 0.041 F1 on the other tiles, and was kept)
+        for module in child.network.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.momentum = 0.0
     if cfg.train == "norm":
         learning = set(norm_parameters(child.network))
         for name, param in child.network.named_parameters():
