@@ -41,8 +41,9 @@ def _layout(examples, glass: int):
 
 
 def _f1(a: np.ndarray, b: np.ndarray) -> float:
-    tp = np.count_nonzero((a > 0) & (b > 0))
-    return 2 * tp / max(1, np.count_nonzero(a) + np.count_nonzero(b))
+    from napari_minenet.metrics import pixel_metrics
+
+    return float(pixel_metrics(a > 0, b > 0)["f1"])
 
 
 def _sequential(labels: np.ndarray) -> np.ndarray:

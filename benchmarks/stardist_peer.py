@@ -42,7 +42,7 @@ SETS = ("monuseg6", "tnbc09-11", "tnbc50")
 CONFIG = dict(n_rays=32, grid=(2, 2), n_channel_in=3, train_patch_size=(256, 256))
 
 
-def _split(data: str) -> tuple[list[str], list[str]]:
+def _split() -> tuple[list[str], list[str]]:
     """The built-in nuclei model's training / validation ids (its card)."""
     from napari_minenet.zoo import load_model
 
@@ -82,7 +82,7 @@ def train(args: argparse.Namespace) -> None:
     from stardist import fill_label_holes
     from stardist.models import Config2D, StarDist2D
 
-    train_ids, val_ids = _split(args.data)
+    train_ids, val_ids = _split()
     folder = f"{args.data}/monuseg/train"
     t0 = time.perf_counter()
     train_ex, val_ex = load_dataset(folder, train_ids), load_dataset(folder, val_ids)
@@ -145,7 +145,7 @@ def train(args: argparse.Namespace) -> None:
 
 
 def _examples(data: str) -> dict[str, list]:
-    _, val_ids = _split(data)
+    _, val_ids = _split()
     tnbc = load_dataset(f"{data}/tnbc/train")
     return {
         "monuseg6": load_dataset(f"{data}/monuseg/train", val_ids),
@@ -175,8 +175,8 @@ def evaluate(args: argparse.Namespace) -> None:
     mini = load_model("nuclei")
     report: dict = {"stardist": {"record": {k: v for k, v in record.items() if k not in ("train_ids", "val_ids")},
                                  "parameters": int(peer.keras_model.count_params())},
-                    "minenet": {"model": "nuclei (built in)", "parameters": mini.parameters if hasattr(mini, "parameters")
-                                else int(sum(p.numel() for p in mini.network.parameters()))},
+                    "minenet": {"model": "nuclei (built in)",
+                                "parameters": int(sum(p.numel() for p in mini.network.parameters()))},
                     "sets": {}}
     for name, examples in _examples(args.data).items():
         rows = {"stardist": [], "minenet": []}
