@@ -142,6 +142,17 @@ def child_memory(size: int, args: argparse.Namespace) -> None:
         return original(*a, **kw)
 
     segmentation.labels_for = labels_for_with_phase
+    # instance cards split band by band during the prediction (napari_minenet.bands): "postprocess" is then
+    # what is left after the network (waiting for the last bands)
+    import napari_minenet.bands as bands
+
+    finish = bands.BandLabeller.finish
+
+    def finish_with_phase(self):
+        sampler.phase = "postprocess"
+        return finish(self)
+
+    bands.BandLabeller.finish = finish_with_phase
     t0 = time.perf_counter()
     with sampler:
         result = segmentation.segment(image, bm.model, device=args.device, tile_size=args.tile_size,

@@ -76,6 +76,8 @@ __all__ = [
 
 ProgressCallback = Callable[[int, int], None]
 CancelCheck = Callable[[], bool]
+#: ``rows_done(probs, stop)``: rows [0, stop) of the (C, H, W) maps ``probs`` are final
+RowsDone = Callable[[np.ndarray, int], None]
 
 #: images up to this many pixels re-estimate BatchNorm statistics on the whole image (when
 #: the image is one tile, that statistics pass is also the prediction: no second pass)
@@ -176,6 +178,7 @@ def predict_tiled(
     out_dtype: type = np.float32,
     progress: ProgressCallback | None = None,
     cancel: CancelCheck | None = None,
+    rows_done: RowsDone | None = None,
 ) -> np.ndarray:
     """Probability maps (C, H, W) float32 for a 2-D grey or RGB image of any size.
 
@@ -203,6 +206,11 @@ def predict_tiled(
     image given to a colour (3-channel) model gives a :class:`~napari_minenet.data.GreyImageWarning`
     (the prediction is unreliable); turn it into an error with ``warnings.simplefilter("error",
     GreyImageWarning)``. A prediction that is not finite raises ``RuntimeError``.
+
+    ``rows_done(probs, stop)``: rows ``[0, stop)`` of ``probs`` (the array returned) are final
+    (:mod:`napari_minenet.bands`): after every row of tiles for an image run as it is with one
+    view, else once at the end, always ending with H (after a CUDA out-of-memory retry, again
+    with a new array).
     """
     model = load_model(model)  # a SegmentationModel is passed through
     card = model.card
@@ -215,10 +223,11 @@ def predict_tiled(
     full_hw = image.shape[:2]
     work = rescale_image(image, working_scale(image.shape, card.working_long_side, scale))
     work = as_rgb_or_grey(work, card.in_channels)
+    streamed = rows_done if (len(views) == 1 and work.shape[:2] == full_hw) else None
     while True:
         try:
             probs = _predict_views(work, views, model, dev, tile_size, overlap, batch_size, precision, progress,
-                                   cancel, out_dtype)
+                                   cancel, out_dtype, streamed)
             break
         except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()
@@ -232,6 +241,8 @@ def predict_tiled(
                 dev = torch.device("cpu")
     if probs.shape[1:] != full_hw:
         probs = _resize_probs(probs.astype(np.float32), full_hw).astype(out_dtype, copy=False)
+    if rows_done is not None and streamed is None:
+        rows_done(probs, full_hw[0])
     return probs
 
 
@@ -269,14 +280,14 @@ def _tiling_settings(card, image: np.ndarray, network: nn.Module, tile_size, ove
 
 
 def _predict_views(work: np.ndarray, views, model, dev, tile_size: int, overlap: int, batch_size: int,
-                   precision: str, progress, cancel, out_dtype) -> np.ndarray:
+                   precision: str, progress, cancel, out_dtype, rows_done=None) -> np.ndarray:
     """The tiled prediction averaged over the test-time augmentation ``views``."""
     probs = None
     for v, (k, flip) in enumerate(views):
         view_progress = None if progress is None else (
             lambda done, total, v=v: progress(v * total + done, len(views) * total))
         out = _predict_tiles(_transform(work, k, flip), model, dev, tile_size, overlap, batch_size, precision,
-                             view_progress, cancel, out_dtype)
+                             view_progress, cancel, out_dtype, rows_done=rows_done if len(views) == 1 else None)
         out = _transform(out, k, flip, inverse=True, channels_first=True)
         probs = out if probs is None else probs + out
     if len(views) > 1:
@@ -289,7 +300,7 @@ def predict(image: np.ndarray, model: SegmentationModel | str, **kwargs) -> np.n
 
 
 def _predict_tiles(image, model, device, tile_size, overlap, batch_size, precision, progress, cancel,
-                   out_dtype=np.float32, prepared=None) -> np.ndarray:
+                   out_dtype=np.float32, prepared=None, rows_done=None) -> np.ndarray:
     card = model.card
     h, w = image.shape[:2]
     if prepared is None:
@@ -309,7 +320,10 @@ def _predict_tiles(image, model, device, tile_size, overlap, batch_size, precisi
         _check_finite(out)
         if progress is not None:
             progress(1, 1)
-        return np.clip(out, 0.0, 1.0)
+        out = np.clip(out, 0.0, 1.0).astype(out_dtype, copy=False)
+        if rows_done is not None:
+            rows_done(out, h)
+        return out
     wy, wx = blend_weights(h, ys, overlap), blend_weights(w, xs, overlap)
     boxes = [(i, j) for i in range(len(ys)) for j in range(len(xs))]
     out = np.zeros((card.out_channels, h, w), out_dtype)
@@ -318,7 +332,7 @@ def _predict_tiles(image, model, device, tile_size, overlap, batch_size, precisi
         progress(0, total)
     autocast = _autocast(device, precision)
     memory_format = torch.channels_last if device.type == "cpu" else torch.contiguous_format
-    done = 0
+    done = final = 0  # tiles done; rows [0, final) of ``out`` are final (clipped)
     with torch.inference_mode():
         while done < total:
             if cancel is not None and cancel():
@@ -341,9 +355,15 @@ def _predict_tiles(image, model, device, tile_size, overlap, batch_size, precisi
                 weight = wy[i][:, None] * wx[j][None, :]
                 out[:, ys[i][0] : ys[i][1], xs[j][0] : xs[j][1]] += prob[k] * weight
             done += len(chunk)
+            # rows above the next unfinished row of tiles get no more contributions
+            stop = h if done == total else ys[done // len(xs)][0]
+            if stop > final:
+                np.clip(out[:, final:stop], 0.0, 1.0, out=out[:, final:stop])
+                final = stop
+                if rows_done is not None:
+                    rows_done(out, stop)
             if progress is not None:
                 progress(done, total)
-    np.clip(out, 0.0, 1.0, out=out)
     return out
 
 

@@ -1,0 +1,132 @@
+"""Instance labels built band by band while the network runs (napari_minenet.bands): the same
+objects as post-processing the finished maps, whatever the bands, with errors surfacing."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+from skimage.draw import disk
+
+from napari_minenet.bands import BandLabeller
+from napari_minenet.postprocess import labels_from_probability
+
+
+def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
+    """The same foreground split into the same objects (ids may differ)."""
+    if a.shape != b.shape or not np.array_equal(a > 0, b > 0):
+        return False
+    pairs = np.unique(a.astype(np.int64).ravel() << 32 | b.astype(np.int64).ravel())
+    return len(pairs) == len(np.unique(pairs >> 32)) == len(np.unique(pairs & 0xFFFFFFFF))
+
+
+def _maps(h: int = 160, w: int = 120, seed: int = 0) -> np.ndarray:
+    """(2, H, W) probability + contour maps: touching pairs (split only by the contour), a
+    ring with a hole and a nucleus inside it, long objects crossing many rows, specks."""
+    rng = np.random.default_rng(seed)
+    prob = np.full((h, w), 0.05, np.float32)
+    contour = np.zeros((h, w), np.float32)
+    centres = [(int(rng.integers(8, h - 8)), int(rng.integers(8, w - 8))) for _ in range(18)]
+    for cy, cx in centres:  # touching pairs: one blob with a contour line between two discs
+        for dy in (-4, 4):
+            prob[disk((cy + dy, cx), 6, shape=(h, w))] = 0.9
+        contour[max(0, cy - 1):cy + 2, max(0, cx - 6):cx + 7] = 0.8
+    prob[disk((40, 60), 16, shape=(h, w))] = 0.95  # a ring ...
+    prob[disk((40, 60), 9, shape=(h, w))] = 0.05
+    prob[disk((40, 60), 4, shape=(h, w))] = 0.95  # ... with a nucleus inside it
+    prob[20:140, 10:14] = 0.9  # a long vertical object crossing every band
+    prob[rng.random((h, w)) < 0.003] = 0.9  # specks (below the minimum size)
+    contour[prob < 0.5] = 0.1
+    return np.stack([prob, contour])
+
+
+@pytest.mark.parametrize("stops", [[160], [1, 2, 3, 160], [37, 38, 90, 120, 159, 160], list(range(5, 161, 5))])
+@pytest.mark.parametrize("fill_holes", [False, True])
+def test_bands_give_the_same_objects_as_the_whole_map(stops, fill_holes):
+    probs = _maps()
+    options = dict(threshold=0.5, contour_threshold=0.5, min_size=6, fill_holes=fill_holes)
+    whole = labels_from_probability(probs[0], contour=probs[1], instances=True, **options)
+    bands = BandLabeller(probs.shape[1:], **options)
+    for stop in stops:
+        bands.rows_done(probs, stop)
+    labels = bands.finish()
+    assert labels.dtype == np.uint32
+    assert whole.max() > 30
+    assert same_partition(labels, whole)
+    assert np.array_equal(np.unique(labels), np.arange(labels.max() + 1))  # ids 1..N, none missing
+
+
+def test_without_the_contour_channel_and_in_the_calling_thread():
+    probs = _maps(seed=3)
+    whole = labels_from_probability(probs[0], instances=True, threshold=0.5, min_size=0)
+    bands = BandLabeller(probs.shape[1:], threshold=0.5, use_contour=False, background=False)
+    for stop in (50, 51, 100, 160):
+        bands.rows_done(probs, stop)
+    assert same_partition(bands.finish(), whole)
+
+
+def test_a_new_array_restarts_the_labels():
+    """After a CUDA out-of-memory retry, predict_tiled reports rows of a new array."""
+    first, second = _maps(seed=1), _maps(seed=2)
+    bands = BandLabeller(first.shape[1:], threshold=0.5, min_size=6)
+    bands.rows_done(first, 80)
+    bands.rows_done(second, 40)
+    bands.rows_done(second, 160)
+    whole = labels_from_probability(second[0], contour=second[1], instances=True, threshold=0.5, min_size=6)
+    assert same_partition(bands.finish(), whole)
+
+
+def test_unfinished_rows_and_wrong_shapes_are_errors():
+    probs = _maps()
+    bands = BandLabeller(probs.shape[1:], threshold=0.5)
+    bands.rows_done(probs, 100)
+    with pytest.raises(RuntimeError, match="never finished"):
+        bands.finish()
+    with pytest.raises(ValueError, match="do not match"):
+        BandLabeller((10, 10), threshold=0.5).rows_done(probs, 5)
+    with pytest.raises(ValueError, match="threshold"):
+        BandLabeller((10, 10), threshold=2.0)
+
+
+def test_an_error_in_the_band_thread_reaches_the_caller_and_no_thread_is_left(monkeypatch):
+    import napari_minenet.bands as bands_module
+
+    def broken(*args, **kwargs):
+        raise MemoryError("no memory for this band")
+
+    monkeypatch.setattr(bands_module, "split_instances", broken)
+    probs = _maps()
+    bands = BandLabeller(probs.shape[1:], threshold=0.5)
+    bands.rows_done(probs, 160)
+    with pytest.raises(MemoryError, match="this band"):
+        bands.finish()
+    assert not [t for t in threading.enumerate() if t.name.startswith("minenet-bands")]
+
+
+def test_segment_splits_in_bands_like_the_whole_map(tiny_model, make_blobs):
+    """segment() on several rows of tiles: the labels are those of the returned maps."""
+    from napari_minenet.segmentation import labels_for, segment
+
+    image, _ = make_blobs(300, seed=4)
+    result = segment(image, tiny_model, tile_size=96, overlap=32, threshold=0.5, min_size=0)
+    whole = labels_for(result.probability, result.contour, tiny_model.card, 0.5, True, 0)
+    assert whole.max() > 0
+    assert same_partition(result.labels, whole)
+    assert not [t for t in threading.enumerate() if t.name.startswith("minenet-bands")]
+
+
+def test_a_cancelled_segment_stops_the_band_thread(tiny_model, make_blobs):
+    from napari_minenet.inference import Cancelled
+    from napari_minenet.segmentation import segment
+
+    image, _ = make_blobs(300, seed=5)
+    calls = []
+
+    def cancel():
+        calls.append(1)
+        return len(calls) > 4
+
+    with pytest.raises(Cancelled):
+        segment(image, tiny_model, tile_size=96, overlap=32, cancel=cancel)
+    assert not [t for t in threading.enumerate() if t.name.startswith("minenet-bands")]
