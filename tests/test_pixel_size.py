@@ -288,6 +288,40 @@ def test_an_enlargement_is_declined_when_the_network_is_not_surer():
     assert "enlarging did not make the model surer" in estimate.describe()
 
 
+def test_a_size_in_range_is_shrunk_when_the_network_is_as_sure_at_half_the_size():
+    """An image enlarged 2x: the network splits large nuclei into pieces of its training size
+    (the width looks right) but is no less sure of them at half the size."""
+    card = SimpleNamespace(object_width_px=28.0, object_diameter_px=20.0)
+    calls = []
+    result, estimate = auto_size.estimate_and_segment(np.zeros((64, 64)), card, _soft_run(28, calls, band_grows=True))
+    assert calls == [1.0, 0.5]
+    assert estimate.scale == 0.5 and result.scale == 0.5 and estimate.shrunk
+    assert "resampled x0.5 (the model was as sure at half the size)" in estimate.describe()
+
+
+def test_a_size_in_range_is_kept_when_the_network_is_less_sure_at_half_the_size():
+    card = SimpleNamespace(object_width_px=28.0, object_diameter_px=20.0)
+    calls = []
+    result, estimate = auto_size.estimate_and_segment(np.zeros((64, 64)), card, _soft_run(28, calls))
+    assert calls == [1.0, 0.5]  # tried ...
+    assert estimate.scale == 1.0 and result.scale == 1.0 and not estimate.shrunk  # ... and kept
+    assert "kept as is" in estimate.describe()
+
+
+def test_a_large_image_is_measured_on_a_crop_and_segmented_whole_once():
+    card = SimpleNamespace(object_width_px=28.0, object_diameter_px=20.0)
+    calls, shapes = [], []
+    run = _soft_run(28, calls)
+
+    def recording(image, scale):
+        shapes.append(image.shape)
+        return run(image, scale)
+
+    big = np.zeros((auto_size.SAMPLE_SIDE + 100, 50))
+    auto_size.estimate_and_segment(big, card, recording)
+    assert shapes[:2] == [(auto_size.SAMPLE_SIDE, 50)] * 2 and shapes[2] == big.shape and calls == [1.0, 0.5, 1.0]
+
+
 def test_uncertain_share_counts_unsure_pixels_per_foreground_pixel():
     probability = np.zeros((10, 10), np.float32)
     probability[:, :5] = 0.9  # 50 foreground pixels
@@ -300,8 +334,9 @@ def test_auto_on_a_shrunken_image_enlarges_it(trained_model_path, make_blobs, mo
     from napari_minenet.data import rescale_image
 
     # the 40-step blob model is not reliably surer of itself when enlarged (the real nuclei model
-    # is: docs/results.md); this test is about the resampling plumbing, so the certainty check is off
+    # is: docs/results.md); this test is about the resampling plumbing, so the certainty checks are off
     monkeypatch.setattr(auto_size, "CERTAINTY_GAIN", float("inf"))
+    monkeypatch.setattr(auto_size, "SHRINK_GAIN", 0.0)
 
     image, truth = make_blobs(256, seed=7)
     probe = segment(image, _with_card(trained_model_path), device="cpu")

@@ -27,6 +27,12 @@ only 0.9-1.4x larger, ~1.2x on average). Rule:
   at 20x (0.56-0.67), but enlarging it lowered AJI on all 50 TNBC tiles. Enlarged MoNuSeg
   20x images lower the uncertain share to 0.59-0.78 of the first pass; TNBC tiles mostly
   stay above 0.8 (docs/results.md).
+* When the first pass's width is in range, a pass at half the size (a quarter of the
+  pixels) is run too, and kept when its uncertain share is below the first pass's
+  (``SHRINK_GAIN`` = 1): on an image enlarged 2x (80x) the network splits the large nuclei
+  into pieces of about its training size, so the width stays in range, but it is not surer
+  of them than at half the size (ratios 0.69-0.97 on 24 MoNuSeg training images; 1.05-1.93
+  at native size and at 20x, where shrinking costs AJI 0.1-0.5).
 
 The reference is the card's ``object_width_px`` (the same statistic on the training
 labels; nuclei: 27.7 px), else its ``object_diameter_px``. Steps are factors of 2
@@ -47,7 +53,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage as ndi
 
-__all__ = ["WIDTH_LOW", "WIDTH_HIGH", "CERTAINTY_GAIN", "MAX_STEPS", "uncertain_share", "SAMPLE_SIDE",
+__all__ = ["WIDTH_LOW", "WIDTH_HIGH", "CERTAINTY_GAIN", "SHRINK_GAIN", "MAX_STEPS", "uncertain_share", "SAMPLE_SIDE",
+           "measure_pass",
            "SizeEstimate", "object_width", "reference_width", "size_step", "plan_scale", "post_processes_at_model_scale", "labels_to_shape",
            "probabilities_to_shape", "estimate_and_segment", "unresampled_slide_note"]
 
@@ -58,6 +65,11 @@ WIDTH_HIGH = 1.14
 #: below this fraction of the previous pass's
 CERTAINTY_GAIN = 0.8
 MAX_STEPS = 2
+#: when the width keeps the scale, a pass at half the size is run too and kept when its uncertain share is
+#: below this multiple of the first pass's (the network is at least as sure at half the size): 0.69-0.97 on 24
+#: MoNuSeg training images enlarged 2x (where shrinking restores the native scale), 1.25-1.93 on the same
+#: images at native size and 1.13-1.93 at half size; 1.05 on one validation image at half size
+SHRINK_GAIN = 1.0
 #: the first pass runs on the whole image up to this side, else on a central crop of it
 SAMPLE_SIDE = 2048
 #: fewer foreground pixels than this: no estimate (the scale is kept)
@@ -159,6 +171,8 @@ class SizeEstimate:
     widths: list[tuple[float, float | None]] = field(default_factory=list)  # (scale tried, width found)
     #: an enlargement was tried and declined (the network was not surer at the larger scale)
     declined: bool = False
+    #: the width was in range but the network was as sure at half the size: shrunk
+    shrunk: bool = False
 
     def describe(self) -> str:
         if not self.widths or self.widths[0][1] is None:
@@ -167,7 +181,8 @@ class SizeEstimate:
         if self.scale == 1.0:
             why = "; enlarging did not make the model surer" if self.declined else ""
             return f"size: objects {width:.0f} px wide (model {self.reference:.0f}), kept as is{why}"
-        return f"size: objects {width:.0f} px wide (model {self.reference:.0f}), resampled x{self.scale:g}"
+        why = " (the model was as sure at half the size)" if self.shrunk else ""
+        return f"size: objects {width:.0f} px wide (model {self.reference:.0f}), resampled x{self.scale:g}{why}"
 
 
 def _foreground_on_model_grid(result) -> np.ndarray:
@@ -192,20 +207,27 @@ def _sample(image: np.ndarray) -> tuple[np.ndarray, bool]:
     return image[y0 : y0 + SAMPLE_SIDE, x0 : x0 + SAMPLE_SIDE], False
 
 
-def estimate_and_segment(image: np.ndarray, card, run: Callable[[np.ndarray, float], object]):
+def measure_pass(result) -> tuple[float | None, float]:
+    """(mean object width on the grid the network saw, uncertain share) of one pass."""
+    return object_width(_foreground_on_model_grid(result)), uncertain_share(result)
+
+
+def estimate_and_segment(image: np.ndarray, card, run: Callable[[np.ndarray, float], object],
+                         measure: Callable[[object], tuple[float | None, float]] = measure_pass):
     """Segment ``image`` at the scale the automatic size estimate chooses.
 
     ``run(image, scale)`` segments (``segment`` with that ``scale``) and returns a result
     with ``labels``. Returns (result on the whole image, :class:`SizeEstimate`). The first
     pass uses the whole image when it is at most ``SAMPLE_SIDE`` px a side (and is reused
-    when no rescale is needed), else a central crop.
+    when no rescale is needed), else a central crop. ``measure`` is :func:`measure_pass`
+    (``benchmarks/auto_size_calibration.py`` replays the rule on recorded passes with it).
     """
     sample, whole = _sample(image)
     estimate = SizeEstimate(reference=reference_width(card))
-    scale, previous = 1.0, None
+    scale, previous, kept_first = 1.0, None, False
     for _ in range(MAX_STEPS + 1):
         result = run(sample, scale)
-        uncertain = uncertain_share(result)
+        width, uncertain = measure(result)
         if previous is not None and scale > previous[0] and uncertain > CERTAINTY_GAIN * previous[2]:
             # enlarged, but the network is not clearly surer of itself: small objects at the
             # model's own magnification (breast H&E at 40x measures like MoNuSeg at 20x, and
@@ -213,14 +235,21 @@ def estimate_and_segment(image: np.ndarray, card, run: Callable[[np.ndarray, flo
             scale, result = previous[0], previous[1]
             estimate.declined = True
             break
-        width = object_width(_foreground_on_model_grid(result))
         estimate.widths.append((scale, None if width is None else width / scale))
         step = size_step(width, estimate.reference)
+        kept_first = step == 0 and previous is None and width is not None
         following = scale * 2.0 ** step
         if step == 0 or len(estimate.widths) > MAX_STEPS or any(abs(s - following) < 1e-9 for s, _ in estimate.widths):
             break  # in range, out of steps, or back and forth between two scales (keep the later one)
         previous = (scale, result, uncertain)
         scale = following
+    if kept_first:
+        # the width cannot tell an enlarged image from a native one (the network splits large nuclei into
+        # pieces of its training size): shrinking stands when the network is about as sure at half the size
+        smaller = run(sample, scale / 2)
+        if measure(smaller)[1] < SHRINK_GAIN * uncertain:
+            scale, result = scale / 2, smaller
+            estimate.shrunk = True
     estimate.scale = scale
     if not whole:
         result = run(image, scale)
