@@ -112,13 +112,15 @@ class BandLabeller:
             mask &= ~before
             next_start = stop
             if not last and mask.any():
-                components, _ = ndi.label(mask)  # (the connectivity split_instances labels with)
-                open_ids = np.unique(components[-1])
-                open_ids = open_ids[open_ids > 0]
-                if open_ids.size:  # components that may continue below: the next band takes them whole
-                    carried = np.isin(components, open_ids)
+                components, n = ndi.label(mask)  # (the connectivity split_instances labels with)
+                reaching = np.zeros(n + 1, bool)  # components that may continue below: the next band takes them
+                reaching[components[-1]] = True
+                reaching[0] = False
+                if reaching.any():
+                    carried = reaching[components]
                     next_start = r0 + int(np.flatnonzero(carried.any(axis=1))[0])
                     mask &= ~carried
+                    del carried
                 del components
             taken = before | mask
             contour = probs[1, r0:stop] if self.use_contour and probs.shape[0] > 1 else None
@@ -126,9 +128,11 @@ class BandLabeller:
             band = split_instances(mask, contour, prob if contour is not None else None,
                                    contour_threshold=self.contour_threshold, min_size=self.min_size,
                                    fill_holes=self.fill_holes, occupied=before if self.fill_holes else None)
-            target = self.labels[r0:stop]
-            write = (band > 0) & ~before
-            target[write] = band[write] + np.uint32(self.count)
-            self.count += int(band.max(initial=0))
+            found = int(band.max(initial=0))
+            write = band > 0
+            write &= ~before
+            np.add(band, np.uint32(self.count), out=band, where=write)
+            np.copyto(self.labels[r0:stop], band, where=write)
+            self.count += found
             self._taken = taken[next_start - r0:].copy()
             self._start = next_start
