@@ -50,6 +50,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--sample-pixels", type=int, nargs="+", default=[1 << 20, 1 << 19, 1 << 18, 1 << 17])
     p.add_argument("--compile", action="store_true", help="also time torch.compile (slow first call)")
     p.add_argument("--no-onnx", action="store_true")
+    p.add_argument("--int8", action="store_true",
+                   help="also time int8 (PyTorch FX static quantisation, x86 backend, calibrated on 4 tiles)")
     common.add_common_arguments(p, device=False)
     return p.parse_args(argv)
 
@@ -120,6 +122,41 @@ class OrtNet:
 
         p = self.session.run(None, {"x": np.ascontiguousarray(x.float().numpy())})[0]
         return torch.logit(torch.from_numpy(p).clamp(1e-7, 1 - 1e-7))
+
+
+def int8_network(net, calibration: list[np.ndarray]):
+    """``net`` (BN folded) quantised to int8 with PyTorch's FX static quantisation (x86
+    backend; weights per channel, activations per tensor, observers calibrated on
+    ``calibration`` tiles); a callable like the network (pads to the grid, returns float)."""
+    import copy
+
+    import torch
+    from torch.ao.quantization import get_default_qconfig_mapping
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+    from napari_minenet.model import pad_to_multiple
+
+    class Padded(torch.nn.Module):  # forward() pads with Python control flow, which FX cannot trace
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return self.inner.forward_padded(x)
+
+    torch.backends.quantized.engine = "x86"
+    example = torch.from_numpy(calibration[0][None])
+    prepared = prepare_fx(Padded(copy.deepcopy(net).to(memory_format=torch.contiguous_format)),
+                          get_default_qconfig_mapping("x86"), example_inputs=(example,))
+    with torch.inference_mode():
+        for tile in calibration:
+            prepared(torch.from_numpy(tile[None]))
+    quantised = convert_fx(prepared)
+
+    def run(x):
+        h, w = x.shape[-2:]
+        return quantised(pad_to_multiple(x.contiguous(), 4))[..., :h, :w]
+    return run
 
 
 def main(argv=None) -> dict:
@@ -194,6 +231,15 @@ def main(argv=None) -> dict:
                     ort_net, tile, "fp32", "contiguous")
         except Exception as exc:  # onnxruntime missing
             errors["onnx"] = f"{type(exc).__name__}: {exc}"[:300]
+    if args.int8:
+        try:
+            side = min(768, args.size)
+            starts = [0, max(0, args.size - side)]
+            calibration = [normalizer(work[y:y + side, x:x + side]) for y in starts for x in starts]
+            variants["network on tiles: int8 (FX static, x86), tile 1024"] = tiles_with(
+                int8_network(net, calibration), 1024, "fp32", "contiguous")
+        except Exception as exc:
+            errors["int8"] = f"{type(exc).__name__}: {exc}"[:300]
     compile_first = None
     if args.compile:
         try:
