@@ -153,7 +153,7 @@ def _predict_and_label(image, model: SegmentationModel, threshold: float, instan
     :func:`labels_for` on the finished maps, with temporaries the size of a band): in a
     background thread, overlapping the network, when the network leaves CPU cores free (a
     GPU, or fewer torch threads than cores), else between rows of tiles (on 2 cores with 2
-    torch threads a third thread made ``segment`` slower: 1.42 s against 1.28 s at 2048^2).
+    torch threads a third thread only competes with torch: ``benchmarks/band_overlap.py``).
     Images above ``LARGE_IMAGE_PIXELS`` keep their maps as float16."""
     from .bands import BandLabeller
 
