@@ -130,3 +130,15 @@ def test_a_cancelled_segment_stops_the_band_thread(tiny_model, make_blobs):
     with pytest.raises(Cancelled):
         segment(image, tiny_model, tile_size=96, overlap=32, cancel=cancel)
     assert not [t for t in threading.enumerate() if t.name.startswith("minenet-bands")]
+
+
+def test_a_large_image_keeps_float16_maps_and_the_same_objects(tiny_model, make_blobs, monkeypatch):
+    """Above LARGE_IMAGE_PIXELS the maps are float16; the bands read those very maps."""
+    import napari_minenet.segmentation as segmentation
+
+    monkeypatch.setattr(segmentation, "LARGE_IMAGE_PIXELS", 10_000)
+    image, _ = make_blobs(256, seed=6)
+    result = segmentation.segment(image, tiny_model, tile_size=96, overlap=32, threshold=0.5, min_size=0)
+    assert result.probability.dtype == np.float16
+    whole = segmentation.labels_for(result.probability, result.contour, tiny_model.card, 0.5, True, 0)
+    assert whole.max() > 0 and same_partition(result.labels, whole)
