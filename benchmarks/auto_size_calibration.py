@@ -106,8 +106,10 @@ def replay(data: dict, rule=shipped_rule) -> None:
         got = [g["aji"] if g else float("nan") for g, _, _ in items]
         native = [n["aji"] for _, _, n in items if n]
         best = [b["aji"] for _, b, _ in items]
+        missing = sum(g is None for g, _, _ in items)
+        note = f" ({missing} chose a pass that was not recorded: left out of the mean)" if missing else ""
         print(f"k={k:g}: {len(items)} images, AJI chosen {np.nanmean(got):.4f}, at the native-equivalent factor "
-              f"{np.mean(native) if native else float('nan'):.4f}, best factor {np.mean(best):.4f}")
+              f"{np.mean(native) if native else float('nan'):.4f}, best factor {np.mean(best):.4f}{note}")
 
 
 def main(argv=None) -> int:
