@@ -308,6 +308,22 @@ def test_a_size_in_range_is_kept_when_the_network_is_less_sure_at_half_the_size(
     assert "kept as is" in estimate.describe()
 
 
+def test_a_half_size_pass_that_loses_the_objects_is_not_kept():
+    """Nothing found at half the size means nothing unsure there either: that is no reason to shrink."""
+    card = SimpleNamespace(object_width_px=28.0, object_diameter_px=20.0)
+    calls = []
+    soft = _soft_run(28, calls)
+
+    def run(image, scale):
+        result = soft(image, scale)
+        if scale < 1:
+            result.probability = np.zeros_like(result.probability)
+        return result
+
+    result, estimate = auto_size.estimate_and_segment(np.zeros((64, 64)), card, run)
+    assert calls == [1.0, 0.5] and estimate.scale == 1.0 and not estimate.shrunk
+
+
 def test_a_large_image_is_measured_on_a_crop_and_segmented_whole_once():
     card = SimpleNamespace(object_width_px=28.0, object_diameter_px=20.0)
     calls, shapes = [], []

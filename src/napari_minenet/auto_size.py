@@ -247,7 +247,8 @@ def estimate_and_segment(image: np.ndarray, card, run: Callable[[np.ndarray, flo
         # the width cannot tell an enlarged image from a native one (the network splits large nuclei into
         # pieces of its training size): shrinking stands when the network is about as sure at half the size
         smaller = run(sample, scale / 2)
-        if measure(smaller)[1] < SHRINK_GAIN * uncertain:
+        small_width, small_uncertain = measure(smaller)
+        if small_width is not None and small_uncertain < SHRINK_GAIN * uncertain:  # (objects must remain)
             scale, result = scale / 2, smaller
             estimate.shrunk = True
     estimate.scale = scale
