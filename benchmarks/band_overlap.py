@@ -44,26 +44,21 @@ def main(argv=None) -> int:
         image = synthetic_he(args.size)
     spare = segmentation._cores_to_spare
 
-    def thread():
-        segmentation._cores_to_spare = lambda device: True
-        try:
-            return segmentation.segment(image, model, device=args.device).labels
-        finally:
-            segmentation._cores_to_spare = spare
-
-    def inline():
-        segmentation._cores_to_spare = lambda device: False
-        try:
-            return segmentation.segment(image, model, device=args.device).labels
-        finally:
-            segmentation._cores_to_spare = spare
+    def bands(in_thread: bool):
+        def run():
+            segmentation._cores_to_spare = lambda device: in_thread  # (benchmark-only: force the choice)
+            try:
+                return segmentation.segment(image, model, device=args.device).labels
+            finally:
+                segmentation._cores_to_spare = spare
+        return run
 
     def after():
         probs = predict_tiled(image, model, device=args.device)
         return segmentation.labels_for(probs[0], probs[1] if card.has_contours else None, card,
                                        card.default_threshold, card.instances, card.min_size)
 
-    variants = {"thread": thread, "inline": inline, "after": after}
+    variants = {"thread": bands(True), "inline": bands(False), "after": after}
     counts = {name: int(fn().max()) for name, fn in variants.items()}  # warm-up, and the same objects
     times: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(args.repeats):
