@@ -142,3 +142,34 @@ def test_a_large_image_keeps_float16_maps_and_the_same_objects(tiny_model, make_
     assert result.probability.dtype == np.float16
     whole = segmentation.labels_for(result.probability, result.contour, tiny_model.card, 0.5, True, 0)
     assert whole.max() > 0 and same_partition(result.labels, whole)
+
+
+def test_segment_with_bands_in_their_own_thread_gives_the_same_objects(tiny_model, make_blobs, monkeypatch):
+    """The path a GPU (or torch on fewer threads than cores) takes: bands split in a thread
+    while the network runs on the next rows of tiles."""
+    import napari_minenet.segmentation as segmentation
+
+    monkeypatch.setattr(segmentation, "_cores_to_spare", lambda device: True)
+    image, _ = make_blobs(300, seed=9)
+    result = segmentation.segment(image, tiny_model, tile_size=96, overlap=32, threshold=0.5, min_size=0)
+    whole = segmentation.labels_for(result.probability, result.contour, tiny_model.card, 0.5, True, 0)
+    assert whole.max() > 0 and same_partition(result.labels, whole)
+    assert not [t for t in threading.enumerate() if t.name.startswith("minenet-bands")]
+
+
+def test_cores_to_spare_follows_the_torch_threads(monkeypatch):
+    import os
+
+    import torch
+
+    import napari_minenet.segmentation as segmentation
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)  # 4 cores
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(4)
+        assert not segmentation._cores_to_spare("cpu")
+        torch.set_num_threads(2)
+        assert segmentation._cores_to_spare("cpu")
+    finally:
+        torch.set_num_threads(threads)
