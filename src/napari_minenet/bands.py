@@ -16,7 +16,6 @@ the pixels already taken masked out), and the last band takes everything left.
 
 from __future__ import annotations
 
-import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
@@ -47,8 +46,7 @@ class BandLabeller:
         self.contour_threshold = float(contour_threshold)
         self.fill_holes = bool(fill_holes)
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="minenet-bands") if background else None
-        self._futures: list[Future] = []
-        self._lock = threading.Lock()
+        self._futures: list[Future] = []  # (one worker: bands never run at the same time)
         self._reset(None)
 
     def _reset(self, probs: np.ndarray | None) -> None:
@@ -103,36 +101,35 @@ class BandLabeller:
     # ------------------------------------------------------------------ one band
 
     def _band(self, probs: np.ndarray, stop: int, last: bool) -> None:
-        with self._lock:
-            r0 = self._start
-            prob = probs[0, r0:stop]
-            mask = prob > self.threshold
-            before = np.zeros(mask.shape, bool)  # taken by earlier bands
-            before[: self._taken.shape[0]] = self._taken
-            mask &= ~before
-            next_start = stop
-            if not last and mask.any():
-                components, n = ndi.label(mask)  # (the connectivity split_instances labels with)
-                reaching = np.zeros(n + 1, bool)  # components that may continue below: the next band takes them
-                reaching[components[-1]] = True
-                reaching[0] = False
-                if reaching.any():
-                    carried = reaching[components]
-                    next_start = r0 + int(np.flatnonzero(carried.any(axis=1))[0])
-                    mask &= ~carried
-                    del carried
-                del components
-            taken = before | mask
-            contour = probs[1, r0:stop] if self.use_contour and probs.shape[0] > 1 else None
-            # (what earlier bands took is another object's, never a hole, as on the whole map)
-            band = split_instances(mask, contour, prob if contour is not None else None,
-                                   contour_threshold=self.contour_threshold, min_size=self.min_size,
-                                   fill_holes=self.fill_holes, occupied=before if self.fill_holes else None)
-            found = int(band.max(initial=0))
-            write = band > 0
-            write &= ~before
-            np.add(band, np.uint32(self.count), out=band, where=write)
-            np.copyto(self.labels[r0:stop], band, where=write)
-            self.count += found
-            self._taken = taken[next_start - r0:].copy()
-            self._start = next_start
+        r0 = self._start
+        prob = probs[0, r0:stop]
+        mask = prob > self.threshold
+        before = np.zeros(mask.shape, bool)  # taken by earlier bands
+        before[: self._taken.shape[0]] = self._taken
+        mask &= ~before
+        next_start = stop
+        if not last and mask.any():
+            components, n = ndi.label(mask)  # (the connectivity split_instances labels with)
+            reaching = np.zeros(n + 1, bool)  # components that may continue below: the next band takes them
+            reaching[components[-1]] = True
+            reaching[0] = False
+            if reaching.any():
+                carried = reaching[components]
+                next_start = r0 + int(np.flatnonzero(carried.any(axis=1))[0])
+                mask &= ~carried
+                del carried
+            del components
+        taken = before | mask
+        contour = probs[1, r0:stop] if self.use_contour and probs.shape[0] > 1 else None
+        # (what earlier bands took is another object's, never a hole, as on the whole map)
+        band = split_instances(mask, contour, prob if contour is not None else None,
+                               contour_threshold=self.contour_threshold, min_size=self.min_size,
+                               fill_holes=self.fill_holes, occupied=before if self.fill_holes else None)
+        found = int(band.max(initial=0))
+        write = band > 0
+        write &= ~before
+        np.add(band, np.uint32(self.count), out=band, where=write)
+        np.copyto(self.labels[r0:stop], band, where=write)
+        self.count += found
+        self._taken = taken[next_start - r0:].copy()
+        self._start = next_start
