@@ -120,6 +120,36 @@ def test_eval_mode_is_deterministic():
         assert torch.equal(net(x), net(x))
 
 
+@pytest.mark.parametrize("fused", [False, True])
+def test_inference_computes_in_place_with_the_same_numbers(fused):
+    """Without autograd the sums and ReLUs run in place (less memory, faster): the same
+    output bit for bit as with autograd, the input and the skip tensors untouched, and
+    a training-mode statistics pass updates the same running statistics."""
+    net = _net_with_nontrivial_batchnorm()
+    net = fuse_for_inference(net) if fused else net.eval()
+    x = torch.randn(2, 3, 36, 44)
+    x_before = x.clone()
+    with_grad = net(x).detach()
+    with torch.inference_mode():
+        assert torch.equal(net(x), with_grad)
+    with torch.no_grad():
+        assert torch.equal(net(x), with_grad)
+    assert torch.equal(x, x_before)
+    block = DMResBlock(8, decoder=True).eval()
+    f, skip = torch.randn(1, 8, 16, 16), torch.randn(1, 8, 16, 16)
+    f0, skip0 = f.clone(), skip.clone()
+    with torch.no_grad():
+        block(f, skip)
+    assert torch.equal(f, f0) and torch.equal(skip, skip0)
+    if not fused:  # the AdaBN pass: training-mode BatchNorm without autograd
+        a, b = copy.deepcopy(net).train(), copy.deepcopy(net).train()
+        a(x)
+        with torch.no_grad():
+            b(x)
+        for (name, ta), tb in zip(a.state_dict().items(), b.state_dict().values()):
+            assert torch.equal(ta, tb), name
+
+
 # --------------------------------------------------------------------------- BN folding
 
 
