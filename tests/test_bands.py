@@ -132,16 +132,74 @@ def test_a_cancelled_segment_stops_the_band_thread(tiny_model, make_blobs):
     assert not [t for t in threading.enumerate() if t.name.startswith("minenet-bands")]
 
 
-def test_a_large_image_keeps_float16_maps_and_the_same_objects(tiny_model, make_blobs, monkeypatch):
-    """Above LARGE_IMAGE_PIXELS the maps are float16; the bands read those very maps."""
+@pytest.mark.parametrize("background", [False, True])
+def test_a_large_image_keeps_no_maps_and_the_same_objects(tiny_model, make_blobs, monkeypatch, background):
+    """Above LARGE_IMAGE_PIXELS the maps are not kept (the network writes into a window of
+    rows); keep_maps=True keeps them as float16; the objects are the same either way, in
+    the calling thread or the band thread, in sub-bands too."""
+    import napari_minenet.bands as bands
     import napari_minenet.segmentation as segmentation
 
     monkeypatch.setattr(segmentation, "LARGE_IMAGE_PIXELS", 10_000)
+    monkeypatch.setattr(segmentation, "_cores_to_spare", lambda device: background)
+    monkeypatch.setattr(bands, "BAND_PIXELS", 256 * 40)  # sub-bands of 40 rows
+    held = []
+    rows = bands.MapRows.rows
+
+    def rows_held(self, r0, r1):
+        view = rows(self, r0, r1)
+        held.append(self.nbytes)
+        return view
+
+    monkeypatch.setattr(bands.MapRows, "rows", rows_held)
     image, _ = make_blobs(256, seed=6)
-    result = segmentation.segment(image, tiny_model, tile_size=96, overlap=32, threshold=0.5, min_size=0)
-    assert result.probability.dtype == np.float16
-    whole = segmentation.labels_for(result.probability, result.contour, tiny_model.card, 0.5, True, 0)
-    assert whole.max() > 0 and same_partition(result.labels, whole)
+    options = dict(tile_size=96, overlap=32, threshold=0.5, min_size=0)
+    kept = segmentation.segment(image, tiny_model, keep_maps=True, **options)
+    assert kept.probability.dtype == np.float16 and not held
+    whole = segmentation.labels_for(kept.probability, kept.contour, tiny_model.card, 0.5, True, 0)
+    assert whole.max() > 0 and same_partition(kept.labels, whole)
+    streamed = segmentation.segment(image, tiny_model, **options)
+    assert streamed.probability is None and streamed.contour is None
+    assert same_partition(streamed.labels, whole)
+    assert held and max(held) < kept.probability.nbytes * 2 * 0.8  # (both channels, float16) never whole
+    with pytest.raises(ValueError, match="keep_maps=True"):
+        streamed.relabel(threshold=0.4)
+
+
+@pytest.mark.parametrize("max_band_pixels", [120 * 7, 120 * 30])
+def test_sub_bands_give_the_same_objects(max_band_pixels):
+    probs = _maps()
+    options = dict(threshold=0.5, contour_threshold=0.5, min_size=6, fill_holes=True)
+    whole = labels_from_probability(probs[0], contour=probs[1], instances=True, **options)
+    bands = BandLabeller(probs.shape[1:], max_band_pixels=max_band_pixels, background=False, **options)
+    for stop in (90, 160):
+        bands.rows_done(probs, stop)
+    assert same_partition(bands.finish(), whole)
+
+
+def test_a_window_of_rows_holds_what_the_bands_need():
+    """The network's rows go into MapRows: it drops rows the bands are done with and keeps
+    the rest; the labels are those of the whole maps."""
+    from napari_minenet.bands import MapRows
+
+    probs = _maps(h=400, w=120, seed=3)
+    options = dict(threshold=0.5, contour_threshold=0.5, min_size=6)
+    whole = labels_from_probability(probs[0], contour=probs[1], instances=True, **options)
+    bands = BandLabeller(probs.shape[1:], background=False, **options)
+    window = bands.maps(2, np.float32)
+    assert isinstance(window, MapRows) and window.shape == probs.shape
+    largest = 0
+    for r0 in range(0, 400, 50):  # rows of "tiles" 80 rows high, overlapping by 30
+        r1 = min(400, r0 + 80)
+        window.rows(r0, r1)[...] = probs[:, r0:r1]
+        largest = max(largest, window.nbytes)
+        bands.rows_done(window, r1 if r1 == 400 else r0 + 50)
+    assert same_partition(bands.finish(), whole)
+    assert largest < probs.nbytes / 2
+    with pytest.raises(ValueError, match="already dropped"):
+        window.rows(0, 10)
+    with pytest.raises(ValueError, match="outside"):
+        window.rows(390, 401)
 
 
 def test_segment_with_bands_in_their_own_thread_gives_the_same_objects(tiny_model, make_blobs, monkeypatch):
@@ -173,3 +231,38 @@ def test_cores_to_spare_follows_the_torch_threads(monkeypatch):
         assert segmentation._cores_to_spare("cpu")
     finally:
         torch.set_num_threads(threads)
+
+
+def test_out_of_gpu_memory_mid_stream_restarts_with_a_new_window(tiny_model, make_blobs, monkeypatch):
+    """A CUDA out-of-memory error after some rows were streamed: the retry gets a new
+    window (the old one dropped its first rows) and the labels are those of a clean run."""
+    import torch
+
+    import napari_minenet.inference as inference
+    import napari_minenet.segmentation as segmentation
+
+    image, _ = make_blobs(300, seed=8)
+    options = dict(tile_size=128, overlap=32, threshold=0.5, min_size=0, keep_maps=False)
+    clean = segmentation.segment(image, tiny_model, **options)
+    original = inference._predict_tiles
+    calls = []
+
+    def flaky(image, model, device, tile_size, *args, **kwargs):
+        calls.append(tile_size)
+        if len(calls) == 1:  # fail after two rows of tiles were written and reported
+            rows_done = kwargs["rows_done"]
+
+            def fail_later(probs, stop):
+                rows_done(probs, stop)
+                if stop > 150:
+                    raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+
+            kwargs["rows_done"] = fail_later
+        return original(image, model, device, tile_size, *args, **kwargs)
+
+    monkeypatch.setattr(inference, "_predict_tiles", flaky)
+    with pytest.warns(RuntimeWarning, match="out of memory"):
+        retried = segmentation.segment(image, tiny_model, **options)
+    assert calls == [128, 128]  # (below 256 px the retry runs on the CPU with the same tiles)
+    assert retried.probability is None and clean.labels.max() > 0
+    assert same_partition(retried.labels, clean.labels)

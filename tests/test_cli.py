@@ -58,6 +58,23 @@ def test_segment_writes_instance_labels(blobs_png, trained_model_path, tmp_path,
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
 
 
+@pytest.mark.parametrize("save_probability", [False, True])
+def test_segment_of_a_huge_image_streams_unless_the_probability_is_saved(blobs_png, trained_model_path, tmp_path,
+                                                                         monkeypatch, save_probability):
+    """Above LARGE_IMAGE_PIXELS segment() keeps no maps; --save-probability asks for them."""
+    import napari_minenet.segmentation as segmentation
+
+    monkeypatch.setattr(segmentation, "LARGE_IMAGE_PIXELS", 1000)
+    path, truth = blobs_png
+    out = tmp_path / "out"
+    rc = main(["segment", str(path), "-o", str(out), "--model", str(trained_model_path), "--instances",
+               "--device", "cpu", "--overlay"] + (["--save-probability"] if save_probability else []))
+    assert rc == 0
+    labels = tifffile.imread(out / "blobs_labels.tif")
+    assert abs(int(labels.max()) - int(truth.max())) <= 2
+    assert (out / "blobs_probability.tif").exists() == save_probability
+
+
 def test_segment_binary_without_overlay(blobs_png, trained_model_path, tmp_path, capsys):
     path, _ = blobs_png
     out = tmp_path / "out"

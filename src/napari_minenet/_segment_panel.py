@@ -259,9 +259,10 @@ class SegmentPanel(SlideActions, ResultActions, QWidget):
                     if stack:
                         return segment_stack(data, model, rgb=region.rgb, progress=relay.progressed.emit,
                                              cancel=cancel.is_set, device=device, instances=instances,
-                                             pixel_size=pixel_size)
+                                             pixel_size=pixel_size, keep_maps=True)
+                    # (the maps stay for the threshold and minimum-size controls, whatever the size)
                     return segment(data, model, progress=relay.progressed.emit, cancel=cancel.is_set,
-                                   device=device, instances=instances, pixel_size=pixel_size)
+                                   device=device, instances=instances, pixel_size=pixel_size, keep_maps=True)
                 except EXPECTED_ERRORS as exc:
                     return common.Failed(exc)
                 finally:

@@ -12,6 +12,13 @@ own crop, so a component gives the same objects wherever it is processed, provid
 processed whole. A band therefore splits only the components that do not reach its last
 row; those that do are carried into the next band (which starts at their first row, with
 the pixels already taken masked out), and the last band takes everything left.
+
+Very large images need not hold their maps at all: :meth:`BandLabeller.maps` gives a
+:class:`MapRows`, a window of rows the network writes into (``predict_tiled(..., out=)``)
+that drops rows the bands are done with, so the maps cost a few rows of tiles, not the
+image. Its bands can be split into sub-bands of at most ``max_band_pixels`` pixels (the
+instance split's temporaries are ~36 bytes per pixel of a band; ``segment`` does it where
+it streams, with :data:`BAND_PIXELS`).
 """
 
 from __future__ import annotations
@@ -23,7 +30,13 @@ from scipy import ndimage as ndi
 
 from .postprocess import split_instances
 
-__all__ = ["BandLabeller"]
+__all__ = ["BandLabeller", "MapRows", "BAND_PIXELS", "STREAMED_TILE_SIZE"]
+
+#: where the maps are streamed (``segment`` of a huge image), sub-bands of at most this
+#: many pixels (~36 MB of temporaries) and tiles of at most this size (activations ~45 MB
+#: instead of ~110 at 1024 px; no slower at 10,000^2 here: docs/benchmarks.md)
+BAND_PIXELS = 1 << 20
+STREAMED_TILE_SIZE = 640
 
 
 class BandLabeller:
@@ -36,7 +49,8 @@ class BandLabeller:
     """
 
     def __init__(self, shape: tuple[int, int], *, threshold: float, min_size: int = 0, use_contour: bool = True,
-                 contour_threshold: float = 0.5, fill_holes: bool = False, background: bool = True) -> None:
+                 contour_threshold: float = 0.5, fill_holes: bool = False, background: bool = True,
+                 max_band_pixels: int | None = None) -> None:
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold must be between 0 and 1, got {threshold}")
         self.shape = (int(shape[0]), int(shape[1]))
@@ -45,6 +59,7 @@ class BandLabeller:
         self.use_contour = bool(use_contour)
         self.contour_threshold = float(contour_threshold)
         self.fill_holes = bool(fill_holes)
+        self._band_rows = self.shape[0] if max_band_pixels is None else max(1, int(max_band_pixels) // max(1, self.shape[1]))
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="minenet-bands") if background else None
         self._futures: list[Future] = []  # (one worker: bands never run at the same time)
         self._reset(None)
@@ -60,8 +75,14 @@ class BandLabeller:
 
     # ------------------------------------------------------------------ queue
 
-    def rows_done(self, probs: np.ndarray, stop: int) -> None:
-        """Rows [0, stop) of ``probs`` (C, H, W) are final: split what they hold."""
+    def maps(self, channels: int, dtype=np.float32) -> MapRows:
+        """A window of rows of (``channels``, H, W) maps for ``predict_tiled(..., out=)``: it
+        keeps only the rows from the first one a band still needs (the maps are then never
+        whole: nothing but the labels is left at the end)."""
+        return MapRows(channels, self.shape, dtype, keep_from=lambda: self._start)
+
+    def rows_done(self, probs: np.ndarray | MapRows, stop: int) -> None:
+        """Rows [0, stop) of ``probs`` (C, H, W, an array or :meth:`maps`) are final: split what they hold."""
         if probs.shape[1:] != self.shape:
             raise ValueError(f"probability maps {probs.shape[1:]} do not match the labels {self.shape}")
         if probs is not self._probs:  # a new prediction (e.g. retried after CUDA out of memory)
@@ -100,9 +121,18 @@ class BandLabeller:
 
     # ------------------------------------------------------------------ one band
 
-    def _band(self, probs: np.ndarray, stop: int, last: bool) -> None:
+    def _band(self, probs: np.ndarray | MapRows, stop: int, last: bool) -> None:
+        """Rows [_start, stop) in sub-bands of at most ``max_band_pixels`` (each adds that many
+        new rows to what the one before carried)."""
+        sub = self._start + self._taken.shape[0]  # the rows before were in a band already
+        while sub < stop:
+            sub = min(stop, sub + self._band_rows)
+            self._sub_band(probs, sub, last and sub == stop)
+
+    def _sub_band(self, probs: np.ndarray | MapRows, stop: int, last: bool) -> None:
         r0 = self._start
-        prob = probs[0, r0:stop]
+        rows = probs.rows(r0, stop) if isinstance(probs, MapRows) else probs[:, r0:stop]
+        prob = rows[0]
         mask = prob > self.threshold
         before = np.zeros(mask.shape, bool)  # taken by earlier bands
         before[: self._taken.shape[0]] = self._taken
@@ -120,7 +150,7 @@ class BandLabeller:
                 del carried
             del components
         taken = before | mask
-        contour = probs[1, r0:stop] if self.use_contour and probs.shape[0] > 1 else None
+        contour = rows[1] if self.use_contour and rows.shape[0] > 1 else None
         # (what earlier bands took is another object's, never a hole, as on the whole map)
         band = split_instances(mask, contour, prob if contour is not None else None,
                                contour_threshold=self.contour_threshold, min_size=self.min_size,
@@ -133,3 +163,44 @@ class BandLabeller:
         self.count += found
         self._taken = taken[next_start - r0:].copy()
         self._start = next_start
+
+
+class MapRows:
+    """Rows of (C, H, W) maps, held only from the first row still needed: ``keep_from()``
+    (the labeller's first unfinished row) or the lowest row asked for, whichever is lower.
+
+    ``rows(r0, r1)`` is a writable (C, r1 - r0, W) view; asking for rows past the end moves
+    the rows still needed into a new buffer (never in place: a band reading an older view in
+    another thread keeps valid data, and only final rows are read there). Rows dropped
+    before cannot be asked for again. ``shape`` is the whole maps' (C, H, W).
+    """
+
+    def __init__(self, channels: int, shape: tuple[int, int], dtype, keep_from) -> None:
+        self.shape = (int(channels), int(shape[0]), int(shape[1]))
+        self.dtype = np.dtype(dtype)
+        self._keep_from = keep_from
+        self._held = (0, np.zeros((self.shape[0], 0, self.shape[2]), self.dtype))  # (first row, buffer): one swap
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held now."""
+        return int(self._held[1].nbytes)
+
+    def rows(self, r0: int, r1: int) -> np.ndarray:
+        if not 0 <= r0 <= r1 <= self.shape[1]:
+            raise ValueError(f"rows {r0}..{r1} are outside the maps' {self.shape[1]} rows")
+        base, buf = self._held
+        if r0 < base:
+            raise ValueError(f"rows from {r0} were already dropped (rows from {base} are held)")
+        if r1 > base + buf.shape[1]:
+            keep = max(base, min(r0, int(self._keep_from())))
+            grown = np.zeros((self.shape[0], r1 - keep, self.shape[2]), self.dtype)
+            kept = base + buf.shape[1] - keep
+            if kept > 0:
+                grown[:, :kept] = buf[:, keep - base:]
+            self._held = base, buf = keep, grown
+        return buf[:, r0 - base:r1 - base]
+
+    def renewed(self) -> MapRows:
+        """An empty window of the same maps (a prediction restarted from the first row)."""
+        return MapRows(self.shape[0], self.shape[1:], self.dtype, self._keep_from)

@@ -179,6 +179,7 @@ def predict_tiled(
     progress: ProgressCallback | None = None,
     cancel: CancelCheck | None = None,
     rows_done: RowsDone | None = None,
+    out=None,
 ) -> np.ndarray:
     """Probability maps (C, H, W) float32 for a 2-D grey or RGB image of any size.
 
@@ -211,6 +212,10 @@ def predict_tiled(
     (:mod:`napari_minenet.bands`): after every row of tiles for an image run as it is with one
     view, else once at the end, always ending with H (after a CUDA out-of-memory retry, again
     with a new array).
+
+    ``out``: a :class:`~napari_minenet.bands.MapRows` window of rows (from ``BandLabeller.maps``)
+    to write into and return, where rows are streamed (one view, no resampling): the maps
+    are then never whole.
     """
     model = load_model(model)  # a SegmentationModel is passed through
     card = model.card
@@ -224,26 +229,37 @@ def predict_tiled(
     work = rescale_image(image, working_scale(image.shape, card.working_long_side, scale))
     work = as_rgb_or_grey(work, card.in_channels)
     streamed = rows_done if (len(views) == 1 and work.shape[:2] == full_hw) else None
-    while True:
-        try:
-            probs = _predict_views(work, views, model, dev, tile_size, overlap, batch_size, precision, progress,
-                                   cancel, out_dtype, streamed)
-            break
-        except torch.cuda.OutOfMemoryError:
-            torch.cuda.empty_cache()
-            if tile_size > 256:
-                tile_size //= 2
-                overlap = min(overlap, tile_size // 2)
-                warnings.warn(f"GPU out of memory; retrying with {tile_size} px tiles", RuntimeWarning, stacklevel=2)
-            else:
-                warnings.warn("GPU out of memory even with small tiles; continuing on the CPU", RuntimeWarning,
-                              stacklevel=2)
-                dev = torch.device("cpu")
+    if out is not None and out.shape != (card.out_channels, *full_hw):
+        raise ValueError(f"the window of map rows is {out.shape}, the maps are {(card.out_channels, *full_hw)}")
+    if streamed is None:  # (resampled or several views: the maps are made whole first)
+        out = None
+    probs = _predict_until_it_fits(work, views, model, dev, tile_size, overlap, batch_size, precision, progress,
+                                   cancel, out_dtype, streamed, out)
     if probs.shape[1:] != full_hw:
         probs = _resize_probs(probs.astype(np.float32), full_hw).astype(out_dtype, copy=False)
     if rows_done is not None and streamed is None:
         rows_done(probs, full_hw[0])
     return probs
+
+
+def _predict_until_it_fits(work, views, model, dev, tile_size, overlap, *args) -> np.ndarray:
+    """``_predict_views``; on CUDA out of memory, again with half the tile size (with a new
+    window of rows, if any), and below 256 px on the CPU."""
+    while True:
+        try:
+            return _predict_views(work, views, model, dev, tile_size, overlap, *args)
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            if args[-1] is not None:  # (out)
+                args = (*args[:-1], args[-1].renewed())
+            if tile_size > 256:
+                tile_size //= 2
+                overlap = min(overlap, tile_size // 2)
+                warnings.warn(f"GPU out of memory; retrying with {tile_size} px tiles", RuntimeWarning, stacklevel=3)
+            else:
+                warnings.warn("GPU out of memory even with small tiles; continuing on the CPU", RuntimeWarning,
+                              stacklevel=3)
+                dev = torch.device("cpu")
 
 
 #: (quarter turns, horizontal flip) in the order test-time augmentation uses them
@@ -280,8 +296,11 @@ def _tiling_settings(card, image: np.ndarray, network: nn.Module, tile_size, ove
 
 
 def _predict_views(work: np.ndarray, views, model, dev, tile_size: int, overlap: int, batch_size: int,
-                   precision: str, progress, cancel, out_dtype, rows_done=None) -> np.ndarray:
-    """The tiled prediction averaged over the test-time augmentation ``views``."""
+                   precision: str, progress, cancel, out_dtype, rows_done=None, out=None) -> np.ndarray:
+    """The tiled prediction averaged over the test-time augmentation ``views`` (``out``: see predict_tiled)."""
+    if out is not None:  # (one view, as it is)
+        return _predict_tiles(work, model, dev, tile_size, overlap, batch_size, precision, progress, cancel,
+                              out_dtype, rows_done=rows_done, out=out)
     probs = None
     for v, (k, flip) in enumerate(views):
         view_progress = None if progress is None else (
@@ -300,7 +319,7 @@ def predict(image: np.ndarray, model: SegmentationModel | str, **kwargs) -> np.n
 
 
 def _predict_tiles(image, model, device, tile_size, overlap, batch_size, precision, progress, cancel,
-                   out_dtype=np.float32, prepared=None, rows_done=None) -> np.ndarray:
+                   out_dtype=np.float32, prepared=None, rows_done=None, out=None) -> np.ndarray:
     card = model.card
     h, w = image.shape[:2]
     if prepared is None:
@@ -316,17 +335,22 @@ def _predict_tiles(image, model, device, tile_size, overlap, batch_size, precisi
     if prepared is None:
         net, logits = _prepare(model, image, normalizer, device, keep_output=one_tile, precision=precision)
     if logits is not None:  # the statistics pass covered the whole image: it is the prediction
-        out = torch.sigmoid(logits.float())[0].cpu().numpy()
-        _check_finite(out)
+        whole = torch.sigmoid(logits.float())[0].cpu().numpy()
+        _check_finite(whole)
         if progress is not None:
             progress(1, 1)
-        out = np.clip(out, 0.0, 1.0).astype(out_dtype, copy=False)
+        whole = np.clip(whole, 0.0, 1.0).astype(out_dtype, copy=False)
+        if out is not None:  # a window of rows
+            out.rows(0, h)[...] = whole
+            whole = out
         if rows_done is not None:
-            rows_done(out, h)
-        return out
+            rows_done(whole, h)
+        return whole
     wy, wx = blend_weights(h, ys, overlap), blend_weights(w, xs, overlap)
     boxes = [(i, j) for i in range(len(ys)) for j in range(len(xs))]
-    out = np.zeros((card.out_channels, h, w), out_dtype)
+    if out is None:
+        out = np.zeros((card.out_channels, h, w), out_dtype)
+    rows = out.rows if not isinstance(out, np.ndarray) else lambda r0, r1: out[:, r0:r1]
     total = len(boxes)
     if progress is not None:
         progress(0, total)
@@ -353,12 +377,13 @@ def _predict_tiles(image, model, device, tile_size, overlap, batch_size, precisi
             _check_finite(prob)
             for k, (i, j) in enumerate(chunk):
                 weight = wy[i][:, None] * wx[j][None, :]
-                out[:, ys[i][0] : ys[i][1], xs[j][0] : xs[j][1]] += prob[k] * weight
+                rows(ys[i][0], ys[i][1])[:, :, xs[j][0] : xs[j][1]] += prob[k] * weight
             done += len(chunk)
             # rows above the next unfinished row of tiles get no more contributions
             stop = h if done == total else ys[done // len(xs)][0]
             if stop > final:
-                np.clip(out[:, final:stop], 0.0, 1.0, out=out[:, final:stop])
+                done_rows = rows(final, stop)
+                np.clip(done_rows, 0.0, 1.0, out=done_rows)
                 final = stop
                 if rows_done is not None:
                     rows_done(out, stop)

@@ -13,7 +13,9 @@ from .inference import CancelCheck, ProgressCallback, predict_tiled
 from .postprocess import labels_from_probability
 from .zoo import ModelCard, SegmentationModel, load_model
 
-#: above this many pixels, ``segment`` keeps its probability maps as float16 (half the memory)
+#: above this many pixels ``segment`` keeps no probability maps by default (instance models
+#: build the labels band by band from a window of rows: benchmarks/throughput.py's 10,000^2
+#: peak), and maps it must hold whole are float16 (half the memory)
 LARGE_IMAGE_PIXELS = 50_000_000
 
 __all__ = [
@@ -25,7 +27,7 @@ __all__ = [
 @dataclass
 class SegmentationResult:
     labels: np.ndarray  # (H, W) uint32: 0/1 or instance ids
-    probability: np.ndarray  # (H, W) float32 foreground probability
+    probability: np.ndarray | None  # (H, W) float32 foreground probability; None when not kept (keep_maps)
     contour: np.ndarray | None  # (H, W) float32 contour probability, when the model has one
     card: ModelCard
     threshold: float
@@ -44,6 +46,10 @@ class SegmentationResult:
     def relabel(self, threshold: float | None = None, min_size: int | None = None,
                 instances: bool | None = None) -> np.ndarray:
         """New labels from the cached probabilities (no network run); updates this result."""
+        if self.probability is None:
+            raise ValueError("this result kept no probability maps, so it cannot be re-thresholded: segment it "
+                             "again with segment(..., keep_maps=True) (images above "
+                             f"{LARGE_IMAGE_PIXELS // 1_000_000} Mpx keep none by default, to bound memory)")
         if threshold is not None:
             self.threshold = float(threshold)
         if min_size is not None:
@@ -94,6 +100,7 @@ def segment(
     scale: float | None = None,
     pixel_size: float | str | None = None,
     use_contours: bool = True,
+    keep_maps: bool | None = None,
     progress: ProgressCallback | None = None,
     cancel: CancelCheck | None = None,
 ) -> SegmentationResult:
@@ -112,6 +119,12 @@ def segment(
     wins over both. Measurements use the pixel size (``result.pixel_size``). Models with a
     pixel size or a typical object size are post-processed on their own grid, so
     ``min_size`` (pixels of the image) is converted to it.
+
+    ``keep_maps``: keep the probability maps in the result (``result.probability``, and
+    :meth:`~SegmentationResult.relabel` needs them). Default: for images up to
+    ``LARGE_IMAGE_PIXELS``; above it they are ``None``, and instance models never hold
+    them whole (labels built band by band from a window of rows: a 10,000^2 image then
+    costs its labels plus a few rows of tiles). The automatic size estimate keeps them.
     """
     from .auto_size import estimate_and_segment, plan_scale, post_processes_at_model_scale
 
@@ -123,39 +136,48 @@ def segment(
             return segment(data, model, instances=instances, threshold=threshold, min_size=min_size, device=device,
                            tile_size=tile_size, overlap=overlap, batch_size=batch_size, precision=precision,
                            test_time_augmentation=test_time_augmentation, scale=factor, use_contours=use_contours,
-                           progress=progress, cancel=cancel)
+                           keep_maps=True, progress=progress, cancel=cancel)
 
         result, estimate = estimate_and_segment(image, card, run)
         result.pixel_size, result.size_note = pixel_size, estimate.describe()
         return result
+    image = check_image(image)
+    if keep_maps is None:
+        keep_maps = image.shape[0] * image.shape[1] <= LARGE_IMAGE_PIXELS
     if scale is not None and abs(scale - 1.0) >= 1e-3 and post_processes_at_model_scale(card):
         return _segment_on_model_grid(image, model, scale, pixel_size, instances=instances, threshold=threshold,
-                                      min_size=min_size, use_contours=use_contours, device=device,
+                                      min_size=min_size, use_contours=use_contours, keep_maps=keep_maps, device=device,
                                       tile_size=tile_size, overlap=overlap, batch_size=batch_size,
                                       precision=precision, test_time_augmentation=test_time_augmentation,
                                       progress=progress, cancel=cancel)
     instances = card.instances if instances is None else bool(instances)
     threshold = card.default_threshold if threshold is None else float(threshold)
     min_size = card.min_size if min_size is None else int(min_size)
-    probs, labels = _predict_and_label(image, model, threshold, instances, min_size, use_contours, device=device,
+    probs, labels = _predict_and_label(image, model, threshold, instances, min_size, use_contours, keep_maps,
+                                       device=device,
                                        tile_size=tile_size, overlap=overlap, batch_size=batch_size,
                                        precision=precision, test_time_augmentation=test_time_augmentation,
                                        scale=scale, progress=progress, cancel=cancel)
+    if not keep_maps:
+        return SegmentationResult(labels, None, None, card, threshold, instances, min_size, pixel_size,
+                                  1.0 if scale is None else float(scale))
     contour = probs[1] if card.has_contours and use_contours else None
     return SegmentationResult(labels, probs[0], contour, card, threshold, instances, min_size, pixel_size,
                               1.0 if scale is None else float(scale))
 
 
 def _predict_and_label(image, model: SegmentationModel, threshold: float, instances: bool, min_size: int,
-                       use_contours: bool, **predict_options) -> tuple[np.ndarray, np.ndarray]:
-    """(probability maps, labels) of ``image``. Instances are split band by band as rows of
+                       use_contours: bool, keep_maps: bool = True,
+                       **predict_options) -> tuple[np.ndarray | None, np.ndarray]:
+    """(probability maps, labels) of ``image``; the maps are None when not ``keep_maps`` (an
+    instance model then writes them into a window of rows). Instances are split band by band as rows of
     tiles finish (:class:`~napari_minenet.bands.BandLabeller`: the same objects as
     :func:`labels_for` on the finished maps, with temporaries the size of a band): in a
     background thread, overlapping the network, when the network leaves CPU cores free (a
     GPU, or fewer torch threads than cores), else between rows of tiles (on 2 cores with 2
     torch threads a third thread only competes with torch: ``benchmarks/band_overlap.py``).
     Images above ``LARGE_IMAGE_PIXELS`` keep their maps as float16."""
-    from .bands import BandLabeller
+    from . import bands as band_module
 
     card = model.card
     image = check_image(image)
@@ -163,14 +185,19 @@ def _predict_and_label(image, model: SegmentationModel, threshold: float, instan
     if not instances or card.keep_largest:  # (keeping the largest object needs the whole map)
         probs = predict_tiled(image, model, out_dtype=np.float16 if large else np.float32, **predict_options)
         contour = probs[1] if card.has_contours and use_contours else None
-        return probs, labels_for(probs[0], contour, card, threshold, instances, min_size)
-    bands = BandLabeller(image.shape[:2], threshold=threshold, min_size=min_size,
-                         use_contour=card.has_contours and use_contours, contour_threshold=card.contour_threshold,
-                         fill_holes=card.fill_holes, background=_cores_to_spare(predict_options.get("device", "auto")))
+        return (probs if keep_maps else None), labels_for(probs[0], contour, card, threshold, instances, min_size)
+    bands = band_module.BandLabeller(
+        image.shape[:2], threshold=threshold, min_size=min_size, use_contour=card.has_contours and use_contours,
+        contour_threshold=card.contour_threshold, fill_holes=card.fill_holes,
+        background=_cores_to_spare(predict_options.get("device", "auto")),
+        max_band_pixels=None if keep_maps else band_module.BAND_PIXELS)
+    dtype = np.float16 if large else np.float32
+    if not keep_maps and predict_options.get("tile_size") is None:
+        predict_options["tile_size"] = min(card.tile_size, band_module.STREAMED_TILE_SIZE)
     try:
-        probs = predict_tiled(image, model, out_dtype=np.float16 if large else np.float32, rows_done=bands.rows_done,
-                              **predict_options)
-        return probs, bands.finish()
+        probs = predict_tiled(image, model, out_dtype=dtype, rows_done=bands.rows_done,
+                              out=None if keep_maps else bands.maps(card.out_channels, dtype), **predict_options)
+        return (probs if keep_maps else None), bands.finish()
     finally:
         bands.close()
 
@@ -191,7 +218,8 @@ def _cores_to_spare(device) -> bool:
 
 
 def _segment_on_model_grid(image, model: SegmentationModel, scale: float, pixel_size: float | None, *,
-                           instances, threshold, min_size, use_contours, **predict_options) -> SegmentationResult:
+                           instances, threshold, min_size, use_contours, keep_maps,
+                           **predict_options) -> SegmentationResult:
     """``segment`` for a resampled image whose model works at a physical scale: the network
     and the post-processing run on the model's grid (``image`` resized by ``scale``), the
     labels come back nearest-neighbour, the probabilities bilinearly."""
@@ -204,10 +232,14 @@ def _segment_on_model_grid(image, model: SegmentationModel, scale: float, pixel_
     instances = card.instances if instances is None else bool(instances)
     threshold = card.default_threshold if threshold is None else float(threshold)
     work_min = card.min_size if min_size is None else round(int(min_size) * scale ** 2)
-    probs, work_labels = _predict_and_label(work, model, threshold, instances, work_min, use_contours, scale=1.0,
-                                            **predict_options)
-    contour = probs[1] if card.has_contours and use_contours else None
+    probs, work_labels = _predict_and_label(work, model, threshold, instances, work_min, use_contours, keep_maps,
+                                            scale=1.0, **predict_options)
     labels = labels_to_shape(work_labels, image.shape[:2])
+    del work_labels
+    if probs is None:
+        return SegmentationResult(labels, None, None, card, threshold, instances, max(0, round(work_min / scale ** 2)),
+                                  pixel_size, scale)
+    contour = probs[1] if card.has_contours and use_contours else None
     back = probabilities_to_shape(probs if contour is not None else probs[:1], image.shape[:2])
     return SegmentationResult(labels, back[0], back[1] if contour is not None else None, card, threshold, instances,
                               max(0, round(work_min / scale ** 2)), pixel_size, scale, (probs[0], contour, work_min))
@@ -269,7 +301,10 @@ class StackResult:
         return out
 
     @property
-    def probability(self) -> np.ndarray:
+    def probability(self) -> np.ndarray | None:
+        """The planes' foreground probabilities stacked; None when the planes kept none (``keep_maps``)."""
+        if any(p.probability is None for p in self.planes):
+            return None
         return np.stack([p.probability for p in self.planes]).reshape(
             self.lead_shape + self.planes[0].probability.shape
         )

@@ -109,7 +109,7 @@ def _segment_image_file(path: Path, out_dir: Path, stem: str, model, args) -> in
         try:
             kwargs = dict(instances=instances, threshold=args.threshold, min_size=args.min_size,
                           device=args.device, tile_size=args.tile, batch_size=args.batch_size,
-                          pixel_size=pixel_size)
+                          pixel_size=pixel_size, keep_maps=True if args.save_probability else None)
             with warnings.catch_warnings():
                 if not args.allow_grey:  # a grey image on a colour model: refuse (one line) unless asked
                     warnings.simplefilter("error", GreyImageWarning)
