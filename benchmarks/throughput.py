@@ -17,7 +17,9 @@ What is measured (one process, same machine state for every row):
 * on CUDA only: ``predict_tiled`` with fp32 / bf16 / fp16 and tile batches > 1
   (optionally ``torch.compile``);
 * peak RSS of one ``segment`` call per size, each in a fresh child process
-  (``--child-memory SIZE``).
+  (``--child-memory SIZE``) that does what a user's script does: imports the plugin, loads
+  the model, reads the image from a ``.npy`` file (written by the parent, so the synthetic
+  generator's modules, cache and temporaries are not in the child) and segments it.
 
 Example::
 
@@ -88,6 +90,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--quality-max-size", type=int, default=2048,
                    help="pixel F1 against the synthetic truth up to this size (informative only)")
     p.add_argument("--child-memory", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--image-file", default=None, help=argparse.SUPPRESS)
     common.add_common_arguments(p)
     return p.parse_args(argv)
 
@@ -121,17 +124,19 @@ class _RssSampler:
 
 
 def child_memory(size: int, args: argparse.Namespace) -> None:
-    """Run in a fresh process: RSS after imports + model load, then one ``segment`` call."""
+    """Run in a fresh process: RSS after imports + model load, then the image read from
+    ``args.image_file`` and one ``segment`` call."""
     import torch
 
     import napari_minenet.segmentation as segmentation
 
     common.configure_threads(args.threads)
     bm = common.load_benchmark_model()
-    common.synthetic_pattern(0)  # the generator's imports and its 1024^2 pattern belong to the baseline
     gc.collect()
     baseline = common.current_rss_bytes()
-    image = common.synthetic_he(size)
+    image = np.load(args.image_file)
+    if image.shape[:2] != (size, size):
+        raise SystemExit(f"{args.image_file} is {image.shape}, not {size}^2")
     after_image = common.current_rss_bytes()
 
     sampler = _RssSampler()
@@ -173,27 +178,38 @@ def child_memory(size: int, args: argparse.Namespace) -> None:
 
 
 def measure_memory(sizes: list[int], args: argparse.Namespace, threads: int) -> list[dict]:
+    import tempfile
+
     rows = []
-    for size in sizes:
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--child-memory", str(size), "--device", args.device,
-               "--threads", str(threads), "--batch-size", str(args.batch_size)]
-        if args.tile_size:
-            cmd += ["--tile-size", str(args.tile_size)]
-        if args.overlap is not None:
-            cmd += ["--overlap", str(args.overlap)]
-        print(f"  memory child {size}^2 ...", flush=True)
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.child_timeout)
-        except subprocess.TimeoutExpired:
-            rows.append({"size": size, "error": f"timed out after {args.child_timeout:.0f} s"})
-            continue
-        line = next((ln for ln in proc.stdout.splitlines() if ln.startswith(CHILD_MARKER)), None)
-        if proc.returncode != 0 or line is None:
-            tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-            rows.append({"size": size, "error": f"child failed (rc {proc.returncode}): {' | '.join(tail)}"})
-            continue
-        rows.append(json.loads(line[len(CHILD_MARKER):]))
+    with tempfile.TemporaryDirectory(prefix="minenet-memory-") as tmp:
+        for size in sizes:
+            path = Path(tmp) / f"synthetic_he_{size}.npy"
+            np.save(path, common.synthetic_he(size))
+            try:
+                rows.append(_memory_child(size, path, args, threads))
+            finally:
+                path.unlink()
     return rows
+
+
+def _memory_child(size: int, path: Path, args: argparse.Namespace, threads: int) -> dict:
+    """One fresh process: peak RSS of ``segment`` on the image in ``path`` (a row, or an error row)."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child-memory", str(size), "--image-file", str(path),
+           "--device", args.device, "--threads", str(threads), "--batch-size", str(args.batch_size)]
+    if args.tile_size:
+        cmd += ["--tile-size", str(args.tile_size)]
+    if args.overlap is not None:
+        cmd += ["--overlap", str(args.overlap)]
+    print(f"  memory child {size}^2 ...", flush=True)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.child_timeout)
+    except subprocess.TimeoutExpired:
+        return {"size": size, "error": f"timed out after {args.child_timeout:.0f} s"}
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith(CHILD_MARKER)), None)
+    if proc.returncode != 0 or line is None:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        return {"size": size, "error": f"child failed (rc {proc.returncode}): {' | '.join(tail)}"}
+    return json.loads(line[len(CHILD_MARKER):])
 
 
 # --------------------------------------------------------------------------- Mini-Net and U-Net
