@@ -97,7 +97,14 @@ def test_segment_sample_gives_labels_of_image_shape(make_napari_viewer, qtbot, n
     assert panel.summary_label.text().endswith("px") or "found" in panel.summary_label.text()
 
 
-def test_threshold_relabels_without_running_the_model(make_napari_viewer, qtbot, monkeypatch):
+@pytest.mark.parametrize("huge", [False, True])
+def test_threshold_relabels_without_running_the_model(make_napari_viewer, qtbot, monkeypatch, huge):
+    """Also for an image above LARGE_IMAGE_PIXELS (segment() keeps no maps there by default:
+    the widget asks for them)."""
+    if huge:
+        import napari_minenet.segmentation as segmentation
+
+        monkeypatch.setattr(segmentation, "LARGE_IMAGE_PIXELS", 1000)
     path = _make_model()
     viewer, widget = _widget(make_napari_viewer, qtbot, path, _blobs())
     panel = widget.segment_panel
