@@ -123,7 +123,8 @@ def segment(
     ``keep_maps``: keep the probability maps in the result (``result.probability``, and
     :meth:`~SegmentationResult.relabel` needs them). Default: for images up to
     ``LARGE_IMAGE_PIXELS``; above it they are ``None``, and instance models never hold
-    them whole (labels built band by band from a window of rows: a 10,000^2 image then
+    them whole (labels built band by band from a window of rows, in tiles of at most
+    ``bands.STREAMED_TILE_SIZE`` px unless ``tile_size`` is given: a 10,000^2 image then
     costs its labels plus a few rows of tiles). The automatic size estimate keeps them.
     """
     from .auto_size import estimate_and_segment, plan_scale, post_processes_at_model_scale
