@@ -95,7 +95,7 @@ def test_cancel_stops_the_cluster_blocks_and_a_rerun_resumes(slide, threaded, cl
 
 
 class KillOnce(distributed.WorkerPlugin):
-    """Kills its own worker process (SIGKILL) 0.2 s after a block starts there, once per
+    """Kills its own worker process (SIGKILL) 20 ms after a block starts there, once per
     test (an exclusive flag file), after ``after`` blocks of the run have finished; writes
     the block's key and whether its table existed at the kill into the flag file."""
 
@@ -121,7 +121,8 @@ class KillOnce(distributed.WorkerPlugin):
             os.close(fd)
             os.kill(os.getpid(), signal.SIGKILL)
 
-        threading.Timer(0.2, kill).start()
+        # (0.2 s was long enough for a 256 px block to finish once inference ran in place)
+        threading.Timer(0.02, kill).start()
 
 
 def test_a_worker_killed_in_the_middle_of_a_block_changes_no_label(slide, threaded, client, tmp_path):

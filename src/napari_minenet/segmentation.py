@@ -159,12 +159,10 @@ def segment(
                                        tile_size=tile_size, overlap=overlap, batch_size=batch_size,
                                        precision=precision, test_time_augmentation=test_time_augmentation,
                                        scale=scale, progress=progress, cancel=cancel)
-    if not keep_maps:
-        return SegmentationResult(labels, None, None, card, threshold, instances, min_size, pixel_size,
-                                  1.0 if scale is None else float(scale))
-    contour = probs[1] if card.has_contours and use_contours else None
-    return SegmentationResult(labels, probs[0], contour, card, threshold, instances, min_size, pixel_size,
-                              1.0 if scale is None else float(scale))
+    kept = keep_maps and probs is not None
+    contour = probs[1] if kept and card.has_contours and use_contours else None
+    return SegmentationResult(labels, probs[0] if kept else None, contour, card, threshold, instances, min_size,
+                              pixel_size, 1.0 if scale is None else float(scale))
 
 
 def _predict_and_label(image, model: SegmentationModel, threshold: float, instances: bool, min_size: int,
