@@ -20,17 +20,17 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from .data import InputError, Normalizer
-from .inference import CancelCheck, Cancelled, adapt_to_tiles, predict_with_network, ready_network, select_device
+from .inference import CancelCheck, Cancelled, predict_with_network, ready_network, select_device
 from .segmentation import labels_for
 from .slide_export import ObjectTable, describe_objects
-from .slides import Slide, TissueMask, glass_pixels, tissue_mask
+from .slide_statistics import TissuePieces, estimate_statistics
+from .slides import Slide, TissueMask, tissue_mask
 from .zoo import SegmentationModel
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["SlideOptions", "SlideJob", "plan_slide", "process_block", "block_tasks", "block_key", "run_fingerprint",
-           "check_cancel", "create_array", "worker_loads", "CONTEXT", "LABELS_PATH", "CHUNK", "SLIDE_SAMPLE_TILE",
-           "SLIDE_SAMPLE_PIXELS"]
+           "check_cancel", "create_array", "worker_loads", "CONTEXT", "LABELS_PATH", "CHUNK"]
 
 #: px of context the network's output needs to equal the whole-image output (receptive
 #: field ~40 px, plus the tile blending margin)
@@ -39,7 +39,7 @@ CONTEXT = 64
 LABELS_PATH = "labels/nuclei"
 #: chunk side of the labels arrays (level 0 and the pyramid)
 CHUNK = 1024
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2  # 2: normalisation statistics per piece of tissue
 
 
 @dataclass
@@ -55,6 +55,9 @@ class SlideOptions:
     batch_size: int = 1
     precision: str = "fp32"
     workers: int = 1  # blocks computed at once (memory grows with it)
+    #: "piece": every separate piece of tissue is normalised with its own statistics
+    #: (``slide_statistics``); "slide": one set for the whole slide
+    statistics: str = "piece"
 
     def check(self) -> None:
         if self.block_size < 64 or (self.block_size > CHUNK and self.block_size % CHUNK):
@@ -63,6 +66,8 @@ class SlideOptions:
             raise ValueError(f"halo {self.halo} must be more than {CONTEXT} px and at most the block size + {CONTEXT}")
         if self.workers < 1:
             raise ValueError(f"workers must be >= 1, not {self.workers}")
+        if self.statistics not in ("piece", "slide"):
+            raise ValueError(f"statistics must be 'piece' or 'slide', not {self.statistics!r}")
 
 
 @dataclass
@@ -71,8 +76,10 @@ class SlideJob:
 
     slide: Slide
     model: SegmentationModel
-    network: object  # the prepared (BN-adapted, folded) network, shared by all blocks
-    normalizer: Normalizer
+    #: the prepared (BN-adapted, folded) networks and their normalisers: entry 0 the
+    #: slide-wide statistics, entry k those of tissue piece k (see ``pieces``)
+    networks: list
+    normalizers: list[Normalizer]
     options: SlideOptions
     zarr_path: Path
     work: Path
@@ -84,6 +91,7 @@ class SlideJob:
     cancel: CancelCheck | None = None
     on_block: Callable[[], None] | None = None
     token: str = ""  # names this run (settings + output): task keys, the workers' cache
+    pieces: TissuePieces | None = None  # which statistics each pixel uses (None: entry 0 everywhere)
     _keys: object = None
     _remote: dict | None = None  # unpickled: what :meth:`ready` loads (slide, model, network)
 
@@ -115,14 +123,14 @@ class SlideJob:
     def __reduce__(self):
         """Pickled (dask.distributed) as what a worker cannot find itself: settings, paths, the
         card and the normalisation. A worker opens the slide by its path and loads the
-        prepared network from the work folder (``network.safetensors``, written by
+        prepared networks from the work folder (``network*.safetensors``, written by
         :func:`plan_slide`) once per run, not per block (:meth:`ready`), not where it is only
         unpickled (dask's scheduler). A slide without a file travels whole. The tissue mask
         stays with the client."""
         if self._remote is not None:
             return _restore_job, (self._remote,)
         state = {name: getattr(self, name) for name in ("options", "zarr_path", "work", "threshold", "min_size",
-                                                        "instances", "token", "normalizer")}
+                                                        "instances", "token", "normalizers", "pieces")}
         state["card"] = self.model.card
         state["slide"] = self.slide.path if self.slide.path is not None else self.slide
         return _restore_job, (state,)
@@ -131,14 +139,14 @@ class SlideJob:
         """This job, with the slide, model and network of an unpickled one loaded from the
         process's cache (the first block of a run on a worker loads them); returns self."""
         if self._remote is not None:
-            self.slide, self.model, self.network, self.device = _worker_run(self._remote)
+            self.slide, self.model, self.networks, self.device = _worker_run(self._remote)
             self._remote = None
         return self
 
 
 # --------------------------------------------------------------------------- on a worker
 
-#: per process: run token -> (slide, model, prepared network, device); a few runs at most
+#: per process: run token -> (slide, model, prepared networks, device); a few runs at most
 _WORKER_RUNS: dict[str, tuple] = {}
 _WORKER_LOCK = threading.Lock()
 _WORKER_LOADS = [0]
@@ -154,14 +162,14 @@ def worker_loads() -> int:
 
 def _restore_job(state: dict) -> SlideJob:
     """An unpickled job: settings only, until :meth:`SlideJob.ready` (a block) needs the rest."""
-    return SlideJob(None, None, None, state["normalizer"], state["options"], state["zarr_path"],  # type: ignore[arg-type]
+    return SlideJob(None, None, None, state["normalizers"], state["options"], state["zarr_path"],  # type: ignore[arg-type]
                     state["work"], None, state["threshold"], state["min_size"], state["instances"], None,
-                    token=state["token"], _remote=state)
+                    token=state["token"], pieces=state["pieces"], _remote=state)
 
 
 
 def _worker_run(state: dict) -> tuple:
-    """(slide, model, prepared network, device) of a run in this process, loaded once per
+    """(slide, model, prepared networks, device) of a run in this process, loaded once per
     run (the slide reopened if someone closed it)."""
     from .slides import open_slide
 
@@ -175,10 +183,11 @@ def _worker_run(state: dict) -> tuple:
             source = state["slide"]
             slide = open_slide(source) if isinstance(source, Path) else source
             card = state["card"]
-            model = SegmentationModel(_load_network_state(SegmentationModel.new(card), state["work"] /
-                                                          "network.safetensors"), card)
+            base = SegmentationModel.new(card)
+            nets = [_load_network_state(base, _network_path(state["work"], k)) for k in range(len(state["normalizers"]))]
+            model = SegmentationModel(nets[0], card)
             device = select_device(state["options"].device)
-            cached = (slide, model, ready_network(model.network, device), device)
+            cached = (slide, model, [ready_network(net, device) for net in nets], device)
             _WORKER_LOADS[0] += 1
             while len(_WORKER_RUNS) >= _WORKER_KEEP:
                 _WORKER_RUNS.pop(next(iter(_WORKER_RUNS)))
@@ -194,7 +203,7 @@ def run_fingerprint(slide: Slide, model: SegmentationModel, opts: SlideOptions, 
     import hashlib
 
     card = model.card
-    statistics = "tissue sample"
+    statistics = f"tissue sample, per {opts.statistics}"
     if statistics_tiles is not None:
         digest = hashlib.sha256()
         for tile in statistics_tiles:
@@ -207,48 +216,6 @@ def run_fingerprint(slide: Slide, model: SegmentationModel, opts: SlideOptions, 
             "tile_size": opts.tile_size, "precision": opts.precision, "statistics": statistics}
 
 
-#: the normalisation statistics of a slide come from this many pixels of tissue, in tiles of
-#: this size: statistics from small tiles differ from those of a whole image (zero padding at
-#: every tile edge); measured against ``segment()`` on a 512 px tile, statistics from 16
-#: tiles of 256 px gave pixel F1 0.94 / AJI 0.78, from 4 or 8 tiles of 512 px 0.99 / 0.97
-#: and 1.00 / 1.00. 8 x 512^2 px peak at ~0.9 GB during that one pass.
-SLIDE_SAMPLE_TILE = 512
-SLIDE_SAMPLE_PIXELS = 8 * 512 * 512
-
-
-def _sample_tiles(slide: Slide, mask: TissueMask, tile: int = SLIDE_SAMPLE_TILE,
-                  max_pixels: int = SLIDE_SAMPLE_PIXELS) -> list[np.ndarray]:
-    """Tiles for the normalisation statistics: ``tile``-px squares on tissue, spread evenly
-    over it (deterministic). Four times as many candidates as needed are read; the tiles are
-    spread evenly over the candidates that are mostly tissue (:func:`glass_pixels` < 50 %),
-    since glass in the sample shifts the statistics (measured: pixel F1 0.83 against 0.98
-    between a tile segmented with and without 128 px of glass around it), but not chosen
-    by how much tissue they hold, which biases them towards dense regions (F1 0.90)."""
-    h, w = slide.shape
-    t = min(tile, h, w)
-    n = max(1, max_pixels // (t * t))
-    radius = int(math.ceil(t / 2 / mask.downsample))
-    inner = ndi.binary_erosion(mask.mask, iterations=radius) if radius else mask.mask
-    ys, xs = np.nonzero(inner if inner.any() else mask.mask)
-    if ys.size == 0:
-        return []
-    picks = np.unique(np.round(np.linspace(0, ys.size - 1, min(4 * n, ys.size))).astype(int))
-    candidates = []
-    for i in picks:
-        cy, cx = (ys[i] + 0.5) * mask.downsample, (xs[i] + 0.5) * mask.downsample
-        y0 = int(min(max(0, cy - t // 2), h - t))
-        x0 = int(min(max(0, cx - t // 2), w - t))
-        pixels = slide.read(y0, y0 + t, x0, x0 + t)
-        candidates.append((float(glass_pixels(pixels).mean()), pixels))
-    full = [c for c in candidates if c[0] < 0.05]
-    if len(full) < n:  # not enough: those with the least glass, in their order on the slide
-        order = sorted(range(len(candidates)), key=lambda i: (candidates[i][0], i))[:n]
-        return [candidates[i][1] for i in sorted(order)]
-    keep = np.unique(np.round(np.linspace(0, len(full) - 1, n)).astype(int))
-    return [full[i][1] for i in keep]
-
-
-
 def _save_network_state(network, path: Path) -> None:
     from safetensors.torch import save_file
 
@@ -256,6 +223,11 @@ def _save_network_state(network, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     save_file(state, str(tmp))
     tmp.replace(path)
+
+
+
+def _network_path(work: Path, k: int) -> Path:
+    return work / ("network.safetensors" if k == 0 else f"network_{k}.safetensors")
 
 
 
@@ -311,29 +283,30 @@ def plan_slide(slide: Slide, model: SegmentationModel, out: Path, options: Slide
     mask = tissue_mask(slide)
     if resumed:
         info = json.loads(run_file.read_text())
-        normalizer = Normalizer(np.asarray(info["normalizer"]["scale"], np.float32),
-                                np.asarray(info["normalizer"]["offset"], np.float32), info["normalizer"]["prescale"])
-        adapted = _load_network_state(model, work / "network.safetensors")
+        normalizers = [Normalizer(np.asarray(n["scale"], np.float32), np.asarray(n["offset"], np.float32),
+                                  n["prescale"]) for n in info["normalizers"]]
+        networks = [_load_network_state(model, _network_path(work, k)) for k in range(len(normalizers))]
+        pieces = TissuePieces.load(work / "pieces.npz")
     else:
-        tiles = _sample_tiles(slide, mask) if statistics_tiles is None else list(statistics_tiles)
-        sample = np.concatenate(tiles, axis=0) if tiles else slide.read(0, min(256, slide.shape[0]), 0,
-                                                                          min(256, slide.shape[1]))
-        normalizer = Normalizer.for_image(sample, card.normalization, card.in_channels)
-        adapted = adapt_to_tiles(model, tiles, normalizer, device) if tiles else model.network
-        _save_network_state(adapted, work / "network.safetensors")
+        pieces, estimates = estimate_statistics(slide, mask, model, device, per_piece=options.statistics == "piece",
+                                                statistics_tiles=statistics_tiles)
+        networks, normalizers = [e[0] for e in estimates], [e[1] for e in estimates]
+        for k, net in enumerate(networks):
+            _save_network_state(net, _network_path(work, k))
+        if pieces is not None:
+            pieces.save(work / "pieces.npz")
         root = zarr.open_group(str(work), mode="a", zarr_format=2)
         create_array(root, "anchors", slide.shape, (options.block_size,) * 2, np.uint64)
-        info = {"fingerprint": fingerprint, "normalizer": {"scale": normalizer.scale.tolist(),
-                                                           "offset": normalizer.offset.tolist(),
-                                                           "prescale": normalizer.prescale}}
+        info = {"fingerprint": fingerprint, "normalizers": [
+            {"scale": n.scale.tolist(), "offset": n.offset.tolist(), "prescale": n.prescale} for n in normalizers]}
         tmp = run_file.with_name(".run.json.tmp")
         tmp.write_text(json.dumps(info, indent=1))
-        tmp.replace(run_file)
+        tmp.replace(run_file)  # (written last: a run without it starts afresh)
     import hashlib
 
     token = hashlib.sha256(json.dumps([fingerprint, str(out.resolve())], sort_keys=True).encode()).hexdigest()[:16]
-    job = SlideJob(slide, model, ready_network(adapted, device), normalizer, options, out, work, mask, threshold,
-                   min_size, instances, device, cancel, token=token)
+    job = SlideJob(slide, model, [ready_network(net, device) for net in networks], normalizers, options, out, work,
+                   mask, threshold, min_size, instances, device, cancel, token=token, pieces=pieces)
     return job, {"resumed": resumed, "fingerprint": fingerprint}
 
 
@@ -365,9 +338,7 @@ def process_block(job: SlideJob, block) -> int:
     ey0, ey1, ex0, ex1 = max(0, y0 - halo), min(h, y1 + halo), max(0, x0 - halo), min(w, x1 + halo)
     image = job.slide.read(ey0, ey1, ex0, ex1)
     card = job.model.card
-    probs = predict_with_network(image, job.model, job.network, job.normalizer, device=job.device,
-                                 tile_size=job.options.tile_size, batch_size=job.options.batch_size,
-                                 precision=job.options.precision, cancel=job.cancel)
+    probs = _block_probabilities(job, image, (ey0, ey1, ex0, ex1))
     oy0, oy1, ox0, ox1 = max(0, y0 - margin), min(h, y1 + margin), max(0, x0 - margin), min(w, x1 + margin)
     view = (slice(oy0 - ey0, oy1 - ey0), slice(ox0 - ex0, ox1 - ex0))
     contour = probs[1][view] if card.has_contours and job.options.use_contours else None
@@ -398,6 +369,55 @@ def process_block(job: SlideJob, block) -> int:
     table.oversized = oversized
     table.save(table_path)
     return len(owned)
+
+
+
+def _block_probabilities(job: SlideJob, image: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+    """Probability maps of a block's pixels (``image``, the slide's ``box``), each pixel with
+    the network of the statistics it belongs to, on that network's grid. Where a block sees
+    several pieces of tissue, each piece's network runs on the part it owns plus ``CONTEXT``
+    px, so every pixel gets the same probabilities in every block that sees it."""
+    owners = job.pieces.owners_in(*box) if job.pieces is not None else None
+    present = np.unique(owners).tolist() if owners is not None else [0]
+    h, w = image.shape[:2]
+    if len(present) == 1:
+        return _on_grid(job, present[0], image, (0, h, 0, w), box)
+    probs = None
+    for k in present:
+        mine = owners == k
+        rows, cols = np.nonzero(mine.any(axis=1))[0], np.nonzero(mine.any(axis=0))[0]
+        crop = (max(0, rows[0] - CONTEXT), min(h, rows[-1] + 1 + CONTEXT),
+                max(0, cols[0] - CONTEXT), min(w, cols[-1] + 1 + CONTEXT))
+        part = _on_grid(job, k, image, crop, box)
+        if probs is None:
+            probs = np.zeros((part.shape[0], h, w), part.dtype)
+        view = (slice(None), slice(crop[0], crop[1]), slice(crop[2], crop[3]))
+        inside = mine[view[1:]]
+        probs[view][:, inside] = part[:, inside]
+    return probs
+
+
+
+def _on_grid(job: SlideJob, k: int, image: np.ndarray, crop: tuple[int, int, int, int],
+             box: tuple[int, int, int, int]) -> np.ndarray:
+    """Network ``k``'s probabilities on ``image[crop]``, computed with the tile grid starting on
+    a multiple of the network's stride from network ``k``'s origin (a strided network's
+    output depends on where its grid starts: a 2 px shift moved some nuclei probabilities by
+    0.75). The crop is extended back to the grid, with edge pixels where the image ends."""
+    from .tiling import network_grid
+
+    grid = network_grid(job.model.network)
+    oy, ox = job.pieces.origin(k) if job.pieces is not None else (0, 0)
+    cy0, cy1, cx0, cx1 = crop
+    ry, rx = (box[0] + cy0 - oy) % grid, (box[2] + cx0 - ox) % grid
+    sy, sx = cy0 - ry, cx0 - rx
+    part = image[max(0, sy):cy1, max(0, sx):cx1]
+    if sy < 0 or sx < 0:
+        part = np.pad(part, ((max(0, -sy), 0), (max(0, -sx), 0)) + ((0, 0),) * (part.ndim - 2), mode="edge")
+    probs = predict_with_network(part, job.model, job.networks[k], job.normalizers[k], device=job.device,
+                                 tile_size=job.options.tile_size, batch_size=job.options.batch_size,
+                                 precision=job.options.precision, cancel=job.cancel)
+    return probs[:, ry:, rx:]
 
 
 

@@ -4,8 +4,12 @@ How a slide is segmented (:func:`segment_slide`):
 
 1. a tissue mask is computed on a low-resolution level (:func:`~napari_minenet.slides.tissue_mask`);
    only blocks with tissue within a halo of them are computed: glass never reaches the network;
-2. the normalisation (AdaBN) statistics are estimated once, from tiles spread over the
-   tissue, and reused by every block, so all blocks are normalised alike;
+2. the normalisation (AdaBN) statistics are estimated once per run and reused by every
+   block: from tiles spread over the tissue, and, on a slide with several separate pieces
+   of tissue (a TMA, serial sections), for each piece from that piece alone
+   (``slide_statistics``; ``SlideOptions(statistics="slide")``: one set for all). Each
+   piece is predicted on its own network grid, so a piece on glass gets what
+   :func:`~napari_minenet.segmentation.segment` gives on that piece cropped;
 3. every tissue block of the full-resolution level is read with a ``halo`` of context,
    run through the same per-tile inference as :func:`~napari_minenet.segmentation.segment`
    (:func:`~napari_minenet.inference.predict_with_network`) and split into instances with
