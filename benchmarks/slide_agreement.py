@@ -2,8 +2,10 @@
 alone, and how do both score against the ground truth (issue 14)?
 
 Lays held-out tiles with ground truth out on white glass as a pyramidal TIFF (each tile once, in
-a grid, with glass around the block of tissue), runs ``segment_slide`` with its defaults (blocks of
-2,048 px, one set of normalisation statistics for the whole slide), and for every tile reports
+a grid, with glass around the block of tissue; ``--gap`` puts glass between the tiles too, so each is
+a piece of tissue of its own, like the cores of a tissue microarray), runs ``segment_slide`` with its
+defaults (blocks of 2,048 px, normalisation statistics per piece of tissue; ``--statistics slide``:
+one set for the whole slide), and for every tile reports
 
 * agreement with ``segment()`` on the tile alone: pixel F1 and AJI in the tile's interior
   (``--margin`` px in from its edge, where ``segment()`` on the tile alone sees zero padding
@@ -28,14 +30,14 @@ from pathlib import Path
 import numpy as np
 
 
-def _layout(examples, glass: int):
+def _layout(examples, glass: int, gap: int = 0):
     from napari_minenet.slide_samples import TissueLayout
 
-    th = max(e.image.shape[0] for e in examples)
-    tw = max(e.image.shape[1] for e in examples)
+    th = max(e.image.shape[0] for e in examples) + gap
+    tw = max(e.image.shape[1] for e in examples) + gap
     cols = int(math.ceil(math.sqrt(len(examples))))
     rows = int(math.ceil(len(examples) / cols))
-    shape = (rows * th + 2 * glass, cols * tw + 2 * glass)
+    shape = (rows * th - gap + 2 * glass, cols * tw - gap + 2 * glass)
     cells = [(glass + (i // cols) * th, glass + (i % cols) * tw, i) for i in range(len(examples))]
     return TissueLayout(shape, [np.ascontiguousarray(e.image[..., :3]) for e in examples], cells)
 
@@ -52,7 +54,8 @@ def _sequential(labels: np.ndarray) -> np.ndarray:
     return relabel_sequential(labels)[0]
 
 
-def run_set(name: str, examples, out: Path, margin: int, glass: int, block: int) -> dict:
+def run_set(name: str, examples, out: Path, margin: int, glass: int, block: int, gap: int = 0,
+            statistics: str = "piece", segment_precision: str = "auto") -> dict:
     import zarr
 
     from napari_minenet.metrics import aggregated_jaccard_index, instance_metrics, mean_metrics
@@ -60,18 +63,19 @@ def run_set(name: str, examples, out: Path, margin: int, glass: int, block: int)
     from napari_minenet.slide_engine import SlideOptions, segment_slide
     from napari_minenet.slide_samples import write_slide_tiff
 
-    layout = _layout(examples, glass)
-    path = out / f"{name}.tif"
+    layout = _layout(examples, glass, gap)
+    path = out / (f"{name}.tif" if not gap else f"{name}_gap{gap}.tif")
     if not path.exists():
         write_slide_tiff(path, layout, mpp=0.25, min_level_side=512)
     t0 = time.perf_counter()
-    result = segment_slide(path, "nuclei", out / f"{name}.zarr", options=SlideOptions(block_size=block))
+    result = segment_slide(path, "nuclei", out / f"{path.stem}_{statistics}.zarr",
+                           options=SlideOptions(block_size=block, statistics=statistics))
     slide_seconds = time.perf_counter() - t0
     labels = zarr.open_array(str(result.labels_url / "0"), mode="r")
     rows = []
     for ex, (y0, y1, x0, x1) in zip(examples, layout.boxes()):
         got = np.asarray(labels[y0:y1, x0:x1])
-        ref = segment(ex.image[..., :3], "nuclei").labels
+        ref = segment(ex.image[..., :3], "nuclei", precision=segment_precision).labels
         inner = (slice(margin, -margin), slice(margin, -margin))
         row = {"id": ex.id,
                "interior_f1": _f1(ref[inner], got[inner]),
@@ -86,7 +90,8 @@ def run_set(name: str, examples, out: Path, margin: int, glass: int, block: int)
               "segment vs truth", {k: round(v, 4) for k, v in row["segment_truth"].items()}, flush=True)
     summary = {
         "tiles": len(rows), "slide_shape": list(layout.shape), "tissue_fraction": round(layout.tissue_fraction, 3),
-        "block_size": block, "slide_seconds": round(slide_seconds, 1), "nuclei": result.count,
+        "block_size": block, "gap": gap, "statistics": statistics, "segment_precision": segment_precision,
+        "slide_seconds": round(slide_seconds, 1), "nuclei": result.count,
         "interior_f1_min": min(r["interior_f1"] for r in rows),
         "interior_f1_mean": float(np.mean([r["interior_f1"] for r in rows])),
         "interior_aji_min": min(r["interior_aji"] for r in rows),
@@ -107,6 +112,11 @@ def main() -> None:
     ap.add_argument("--margin", type=int, default=32)
     ap.add_argument("--glass", type=int, default=1024, help="px of glass around the block of tissue")
     ap.add_argument("--block", type=int, default=2048)
+    ap.add_argument("--gap", type=int, default=0, help="px of glass between tiles (0: the tiles touch, one piece "
+                                                       "of tissue; 256: each tile is a piece of its own)")
+    ap.add_argument("--statistics", choices=("piece", "slide"), default="piece")
+    ap.add_argument("--segment-precision", default="auto",
+                    help="precision of the per-tile segment() reference (the engine runs fp32)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--sets", nargs="+", default=["monuseg6", "tnbc09-11"])
     ap.add_argument("--json")
@@ -125,7 +135,8 @@ def main() -> None:
     if "tnbc09-11" in args.sets:
         sets["tnbc09-11"] = [e for e in load_dataset(f"{args.data}/tnbc/train")
                              if e.id.rsplit("_", 1)[0] in ("tnbc_09", "tnbc_10", "tnbc_11")]
-    report = {name: run_set(name, exs, out, args.margin, args.glass, args.block) for name, exs in sets.items()}
+    report = {name: run_set(name, exs, out, args.margin, args.glass, args.block, args.gap, args.statistics,
+                            args.segment_precision) for name, exs in sets.items()}
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
 

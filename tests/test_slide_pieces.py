@@ -100,8 +100,12 @@ def test_pieces_are_the_large_components_and_glass_goes_to_the_nearest():
     full = pieces.owners_in(10 * 32, 10 * 32 + 5, 24 * 32 + 30, 25 * 32 + 2)
     assert full.shape == (5, 4) and (full == 1).all()
     one = mask.copy()
-    one[5:15, 20:40] = True  # the two pieces joined: one piece, one set of statistics
-    assert tissue_pieces(TissueMask(one, 32.0)) is None
+    one[5:15, 20:40] = True  # the two pieces joined: one piece
+    joined = tissue_pieces(TissueMask(one, 32.0))
+    assert joined.count == 1 and joined.owner[10, 30] == 1 and joined.owner[31, 31] == 0
+    fragments = np.zeros((40, 60), bool)
+    fragments[30:32, 30:32] = True
+    assert tissue_pieces(TissueMask(fragments, 32.0)) is None  # only fragments: slide-wide statistics
     assert tissue_pieces(TissueMask(np.zeros((4, 4), bool), 32.0)) is None
 
 
@@ -167,3 +171,13 @@ def test_a_worker_gets_every_pieces_network(pieces_slide, tmp_path):
             assert torch.equal(a, b), name
     one, two = job.networks[1].state_dict(), job.networks[2].state_dict()
     assert any(not torch.equal(one[name], two[name]) for name in one)  # two stains, two sets of statistics
+
+
+def test_cli_statistics_option_reaches_the_engine(pieces_slide, tmp_path):
+    from napari_minenet.cli import main
+
+    path, _ = pieces_slide
+    assert main(["segment", str(path), "-o", str(tmp_path), "--block-size", "256", "--statistics", "slide"]) == 0
+    record = zarr.open_group(str(tmp_path / "pieces.zarr"), mode="r").attrs["minenet"]
+    assert record["fingerprint"]["statistics"] == "tissue sample, per slide"
+    assert not (tmp_path / ".pieces.zarr.work").exists()  # (the work folder goes when the run is complete)

@@ -14,7 +14,11 @@ so the borders between pieces run through glass, and every block that sees a pix
 computes it with the same network (the anchor stitching of ``slide_engine`` needs exactly
 that). Pieces are connected components of the mask, whose closing already joins tissue
 separated by less than ~4 mask pixels (128 px at 32x): tissue that touches is one piece.
-A slide of one piece is segmented exactly as before (one set of slide-wide statistics).
+A piece is estimated the way ``segment()`` estimates an image: on its whole box when that
+is at most 1 Mpx (:data:`WHOLE_PIECE_PIXELS`), else on 512 px tiles spread over its tissue,
+and predicted on a tile grid that starts at its box, so a piece on glass gets the labels
+``segment()`` gives on that piece cropped. A slide of one large piece is estimated on tiles
+as before.
 """
 
 from __future__ import annotations
@@ -96,15 +100,15 @@ class TissuePieces:
 
 def tissue_pieces(mask: TissueMask, *, min_pixels: int = MIN_PIECE_PIXELS,
                   max_pieces: int = MAX_PIECES) -> TissuePieces | None:
-    """The pieces of tissue of ``mask`` that get statistics of their own, or None when fewer
-    than two do (then one set of slide-wide statistics serves the whole slide, as before)."""
+    """The pieces of tissue of ``mask`` that get statistics of their own, or None when none
+    does (no tissue, or only fragments: then the slide-wide statistics serve everything)."""
     labels, n = ndi.label(mask.mask, structure=np.ones((3, 3), bool))
-    if n < 2:
+    if n < 1:
         return None
     areas = np.bincount(labels.ravel(), minlength=n + 1)[1:] * mask.downsample ** 2
     order = np.argsort(-areas, kind="stable")
     kept = [int(i) + 1 for i in order[: max(0, max_pieces)] if areas[i] >= min_pixels]
-    if len(kept) < 2:
+    if not kept:
         return None
     kept.sort()  # number pieces in the order ndi.label found them (raster order of first pixel)
     relabel = np.zeros(n + 1, np.int32)
@@ -192,10 +196,11 @@ def estimate_statistics(slide: Slide, mask: TissueMask, model: SegmentationModel
                         ) -> tuple[TissuePieces | None, list[tuple[object, Normalizer]]]:
     """(pieces, [(network, normaliser), ...]): entry 0 holds the slide-wide statistics (from
     tissue tiles spread over the whole slide, or ``statistics_tiles``), entry k those of
-    piece k (``per_piece`` and a slide of two or more pieces; none with ``statistics_tiles``).
-    The networks are adapted (AdaBN with the card's prior), not folded. A piece whose box is
-    at most :data:`WHOLE_PIECE_PIXELS` is estimated on that whole box, like ``segment()`` on it;
-    a larger one on tiles spread over its own tissue."""
+    piece k (``per_piece``; none with ``statistics_tiles``). The networks are adapted (AdaBN
+    with the card's prior), not folded. A piece whose box is at most
+    :data:`WHOLE_PIECE_PIXELS` is estimated on that whole box, like ``segment()`` on it; a
+    larger one on tiles spread over its own tissue. Entry 0 is only estimated where some
+    pixel uses it (fragments, glass nearest to them); otherwise it is piece 1's."""
     card = model.card
 
     def adapted(tiles: list[np.ndarray]) -> tuple[object, Normalizer]:
@@ -204,14 +209,18 @@ def estimate_statistics(slide: Slide, mask: TissueMask, model: SegmentationModel
         normalizer = Normalizer.for_image(sample, card.normalization, card.in_channels)
         return (adapt_to_tiles(model, tiles, normalizer, device) if tiles else model.network), normalizer
 
-    tiles = sample_tiles(slide, mask) if statistics_tiles is None else list(statistics_tiles)
-    estimates = [adapted(tiles)]
     pieces = tissue_pieces(mask) if per_piece and statistics_tiles is None else None
+    estimates: list = [None]
     if pieces is not None:
         pieces.origins = np.zeros((pieces.count + 1, 2), np.int64)
-    for k in range(1, (pieces.count if pieces is not None else 0) + 1):
-        y0, y1, x0, x1 = piece_box(slide, pieces, k)
-        pieces.origins[k] = (y0, x0)
-        whole = (y1 - y0) * (x1 - x0) <= WHOLE_PIECE_PIXELS
-        estimates.append(adapted([slide.read(y0, y1, x0, x1)] if whole else sample_tiles(slide, pieces.mask_of(k))))
+        for k in range(1, pieces.count + 1):
+            y0, y1, x0, x1 = piece_box(slide, pieces, k)
+            pieces.origins[k] = (y0, x0)
+            whole = (y1 - y0) * (x1 - x0) <= WHOLE_PIECE_PIXELS
+            estimates.append(adapted([slide.read(y0, y1, x0, x1)] if whole else
+                                     sample_tiles(slide, pieces.mask_of(k))))
+        if not (pieces.owner == 0).any():
+            estimates[0] = estimates[1]
+    if estimates[0] is None:
+        estimates[0] = adapted(sample_tiles(slide, mask) if statistics_tiles is None else list(statistics_tiles))
     return pieces, estimates

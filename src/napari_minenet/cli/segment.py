@@ -194,7 +194,7 @@ def _segment_slide_file(path: Path, out_dir: Path, stem: str, model, args, clien
 
     options = SlideOptions(threshold=args.threshold, min_size=args.min_size, instances=args.instances,
                            device=args.device, tile_size=args.tile, batch_size=args.batch_size,
-                           workers=args.workers)
+                           workers=args.workers, statistics=args.statistics)
     if args.block_size is not None:
         options.block_size = args.block_size
     stem = stem.removesuffix(".ome")  # x.ome.tif -> x.zarr, not x.ome.zarr
@@ -294,6 +294,9 @@ def add_segment_parser(sub) -> None:
                         "is skipped; an interrupted run resumes when run again.")
     slides.add_argument("--block-size", type=int_in(256, 8192), default=None,
                         help="px per block (default 2048; up to 1024, or a multiple of 1024)")
+    slides.add_argument("--statistics", choices=("piece", "slide"), default="piece",
+                        help="normalisation statistics: 'piece' (default) gives every separate piece of tissue "
+                             "(TMA cores, sections) its own, as if it were segmented alone; 'slide' one set for all")
     slides.add_argument("--workers", type=int_in(1, 64), default=1,
                         help="blocks computed at once (default 1; memory grows with it); with --scheduler local, "
                              "the number of worker processes")
