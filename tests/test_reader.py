@@ -162,6 +162,11 @@ def test_whole_slide_in_the_widget_runs_in_the_background(make_napari_viewer, qt
     assert labels.multiscale and not isinstance(labels.data[0], np.ndarray)  # lazy, on the zarr
     assert tuple(labels.scale) == (0.25, 0.25)
     assert result.zarr_path.parent == slide_path.parent / "tissue.minenet"  # beside the slide
+    assert panel.outlines_button.isChecked() and labels.contour > 0  # outlines, as "Show" says
+    panel.filled_button.click()
+    assert labels.contour == 0  # the Show buttons reach the slide's labels too
+    panel.outlines_button.click()
+    assert labels.contour > 0
 
     camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera
     camera.center = (0, 150.0, 150.0)  # world units are um: the first tissue tile

@@ -110,7 +110,7 @@ class SegmentPanel(SlideActions, ResultActions, QWidget):
         self.export_button.clicked.connect(lambda: self.export_measurements())
         self.edit_region_button.clicked.connect(lambda: self.correct_visible_region())
         self.save_region_button.clicked.connect(lambda: self.save_corrections_to_slide())
-        self.display_group.buttonClicked.connect(lambda _: self.apply_display())
+        self.display_group.buttonClicked.connect(lambda _: self._apply_display_everywhere())
         self.image_combo.currentIndexChanged.connect(self._update_stack_controls)
         self.device_combo.currentIndexChanged.connect(self._on_device_changed)
         self.state.model_requested.connect(self.select_model)
@@ -393,6 +393,12 @@ class SegmentPanel(SlideActions, ResultActions, QWidget):
         outlines = self.outlines_button.isChecked()
         layer.contour = OUTLINE_WIDTH if outlines else 0
         layer.opacity = OUTLINE_OPACITY if outlines else FILLED_OPACITY
+
+    def _apply_display_everywhere(self) -> None:
+        """The "Show" buttons act on the labels layer and on a whole slide's labels."""
+        self.apply_display()
+        if self.slide_layer is not None:
+            self.apply_display(self.slide_layer)
 
     def _sync_display_buttons(self, layer) -> None:
         """The contour spin box of napari's layer controls moves the "Show" buttons too."""

@@ -17,7 +17,7 @@ from napari.utils import progress as napari_progress
 
 from . import _qt_common as common
 from ._layer_data import image_region, layer_lead_shape
-from ._segment_view import FILLED_OPACITY, OUTLINE_OPACITY, label_colormap
+from ._segment_view import label_colormap
 from .auto_size import unresampled_slide_note
 from .data import InputError
 from .errors import MinenetError
@@ -129,7 +129,7 @@ class SlideActions:
         target = self.viewer.add_labels(data, name=name, multiscale=len(arrays) > 1, **placement)
         instances = bool(self.model.card.instances) if self.model is not None else True
         target.colormap = label_colormap(instances)
-        target.opacity = OUTLINE_OPACITY if self.outlines_button.isChecked() else FILLED_OPACITY
+        self.apply_display(target)  # outlines or filled, as the "Show" buttons say (as for any result)
         target.metadata.update(minenet_zarr=str(out.zarr_path), minenet_image=layer.name)
         self.slide_result, self.slide_layer, self.source_layer = out, target, layer
         self.edit_region_button.setEnabled(True)
