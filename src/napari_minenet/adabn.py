@@ -2,7 +2,7 @@
 optionally tempered by the statistics it was trained with (the card's ``bn_prior``).
 
 Used by :mod:`napari_minenet.inference` for every image (``bn_statistics == "image"``) and by
-the slide engine once per slide; the ONNX export (:mod:`napari_minenet.export`) computes the
+the slide engine once per piece of tissue; the ONNX export (:mod:`napari_minenet.export`) computes the
 same statistics inside its graph.
 """
 
