@@ -25,6 +25,7 @@ from .segmentation import labels_for
 from .slide_export import ObjectTable, describe_objects
 from .slide_statistics import TissuePieces, estimate_statistics
 from .slides import Slide, TissueMask, tissue_mask
+from .tiling import network_grid
 from .zoo import SegmentationModel
 
 logger = logging.getLogger(__name__)
@@ -404,8 +405,6 @@ def _on_grid(job: SlideJob, k: int, image: np.ndarray, crop: tuple[int, int, int
     a multiple of the network's stride from network ``k``'s origin (a strided network's
     output depends on where its grid starts: a 2 px shift moved some nuclei probabilities by
     0.75). The crop is extended back to the grid, with edge pixels where the image ends."""
-    from .tiling import network_grid
-
     grid = network_grid(job.model.network)
     oy, ox = job.pieces.origin(k) if job.pieces is not None else (0, 0)
     cy0, cy1, cx0, cx1 = crop

@@ -55,14 +55,12 @@ class TissuePieces:
     owner: np.ndarray  # uint8, the tissue mask's shape
     downsample: float
     tissue: np.ndarray  # uint8, the tissue mask's shape: piece k's own tissue pixels are k
-    #: (count + 1, 2) level-0 (y, x) where piece k's network grid starts (row 0: the slide's
-    #: origin, for the slide-wide statistics); set by :func:`estimate_statistics` to the
-    #: piece's box, so a piece is predicted on the grid ``segment()`` uses on its box alone
-    origins: np.ndarray | None = None
+    #: (count + 1, 2) int64, level-0 (y, x) where piece k's network grid starts (row 0: the
+    #: slide's origin, for the slide-wide statistics); :func:`estimate_statistics` sets row k
+    #: to the piece's box, so a piece is predicted on the grid ``segment()`` uses on its box
+    origins: np.ndarray
 
     def origin(self, k: int) -> tuple[int, int]:
-        if self.origins is None or k == 0:
-            return 0, 0
         return int(self.origins[k, 0]), int(self.origins[k, 1])
 
     @property
@@ -81,8 +79,7 @@ class TissuePieces:
     def save(self, path: Path) -> None:
         """Write to ``path`` (.npz) atomically."""
         tmp = path.with_name(f".{path.stem}.tmp.npz")
-        np.savez(tmp, owner=self.owner, tissue=self.tissue, downsample=self.downsample,
-                 origins=self.origins if self.origins is not None else np.zeros((self.count + 1, 2), np.int64))
+        np.savez(tmp, owner=self.owner, tissue=self.tissue, downsample=self.downsample, origins=self.origins)
         tmp.replace(path)
 
     @classmethod
@@ -123,27 +120,30 @@ def tissue_pieces(mask: TissueMask, *, min_pixels: int = MIN_PIECE_PIXELS,
     owner[owner == small] = 0
     tissue = np.where(seeds == small, 0, seeds)
     return TissuePieces(np.ascontiguousarray(owner.astype(np.uint8)), float(mask.downsample),
-                        np.ascontiguousarray(tissue.astype(np.uint8)))
+                        np.ascontiguousarray(tissue.astype(np.uint8)), np.zeros((len(kept) + 1, 2), np.int64))
 
 
-def piece_box(slide: Slide, pieces: TissuePieces, k: int) -> tuple[int, int, int, int]:
-    """The full-resolution box (y0, y1, x0, x1) of piece ``k``'s tissue: its mask box grown by
-    one mask pixel, then cut to the rows and columns where more than 5 % of the pixels are
-    not glass (read at full resolution, so the box follows the tissue's real edge, not the
-    mask's grid). Boxes above 4 Mpx are not read (such a piece is sampled in tiles)."""
+def piece_box(slide: Slide, pieces: TissuePieces, k: int) -> tuple[tuple[int, int, int, int], np.ndarray | None]:
+    """The full-resolution box (y0, y1, x0, x1) of piece ``k``'s tissue and its pixels: the
+    mask box grown by one mask pixel, then cut to the rows and columns where more than 5 %
+    of the pixels are not glass (read at full resolution, so the box follows the tissue's
+    real edge, not the mask's grid). Boxes above 4 Mpx are not read (such a piece is
+    sampled in tiles): their pixels are None."""
     d = pieces.downsample
     h, w = slide.shape
     ys, xs = np.nonzero(pieces.tissue == k)
     y0, y1 = max(0, int((ys.min() - 1) * d)), min(h, int(np.ceil((ys.max() + 2) * d)))
     x0, x1 = max(0, int((xs.min() - 1) * d)), min(w, int(np.ceil((xs.max() + 2) * d)))
     if (y1 - y0) * (x1 - x0) > 4 * WHOLE_PIECE_PIXELS:
-        return y0, y1, x0, x1  # (sampled in tiles anyway: not read whole)
-    tissue = ~glass_pixels(slide.read(y0, y1, x0, x1))
+        return (y0, y1, x0, x1), None
+    pixels = slide.read(y0, y1, x0, x1)
+    tissue = ~glass_pixels(pixels)
     rows = np.nonzero(tissue.mean(axis=1) > 0.05)[0]
     cols = np.nonzero(tissue.mean(axis=0) > 0.05)[0]
     if rows.size == 0 or cols.size == 0:
-        return y0, y1, x0, x1
-    return y0 + int(rows[0]), y0 + int(rows[-1]) + 1, x0 + int(cols[0]), x0 + int(cols[-1]) + 1
+        return (y0, y1, x0, x1), pixels
+    r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    return (y0 + r0, y0 + r1, x0 + c0, x0 + c1), np.ascontiguousarray(pixels[r0:r1, c0:c1])
 
 
 # --------------------------------------------------------------------------- sampling and estimating
@@ -212,13 +212,11 @@ def estimate_statistics(slide: Slide, mask: TissueMask, model: SegmentationModel
     pieces = tissue_pieces(mask) if per_piece and statistics_tiles is None else None
     estimates: list = [None]
     if pieces is not None:
-        pieces.origins = np.zeros((pieces.count + 1, 2), np.int64)
         for k in range(1, pieces.count + 1):
-            y0, y1, x0, x1 = piece_box(slide, pieces, k)
+            (y0, y1, x0, x1), pixels = piece_box(slide, pieces, k)
             pieces.origins[k] = (y0, x0)
-            whole = (y1 - y0) * (x1 - x0) <= WHOLE_PIECE_PIXELS
-            estimates.append(adapted([slide.read(y0, y1, x0, x1)] if whole else
-                                     sample_tiles(slide, pieces.mask_of(k))))
+            whole = pixels is not None and (y1 - y0) * (x1 - x0) <= WHOLE_PIECE_PIXELS
+            estimates.append(adapted([pixels] if whole else sample_tiles(slide, pieces.mask_of(k))))
         if not (pieces.owner == 0).any():
             estimates[0] = estimates[1]
     if estimates[0] is None:
