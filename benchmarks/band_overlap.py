@@ -4,10 +4,11 @@ Three ways to get instance labels from the same image, interleaved in one run (m
 
 * ``thread``: ``segment()`` with its bands split in a background thread while the network
   runs (what it does when torch leaves CPU cores free, or on a GPU);
-* ``inline``: ``segment()`` with the bands split between rows of tiles (what it does when
-  torch uses every core);
-* ``after``: ``predict_tiled`` then ``labels_for`` on the finished maps (``segment`` before
-  the bands).
+* ``inline``: the bands split between rows of tiles, in the calling thread (a
+  :class:`~napari_minenet.bands.BandLabeller` fed by ``predict_tiled``: what ``segment()``
+  does when torch uses every core and the maps are streamed, above ``LARGE_IMAGE_PIXELS``);
+* ``after``: ``predict_tiled`` then ``labels_for`` on the finished maps (what ``segment()``
+  does when torch uses every core and the maps are kept: the inline bands were 4-8 % slower).
 
     python benchmarks/band_overlap.py --mosaic ../shared/data/monuseg/train --threads 2
     python benchmarks/band_overlap.py --threads 1   # synthetic image, torch on one core
@@ -32,6 +33,7 @@ def main(argv=None) -> int:
     threads = configure_threads(args.threads)
 
     import napari_minenet.segmentation as segmentation
+    from napari_minenet.bands import BandLabeller
     from napari_minenet.inference import predict_tiled
 
     model = load_benchmark_model().model
@@ -44,21 +46,29 @@ def main(argv=None) -> int:
         image = synthetic_he(args.size)
     spare = segmentation._cores_to_spare
 
-    def bands(in_thread: bool):
-        def run():
-            segmentation._cores_to_spare = lambda device: in_thread  # (benchmark-only: force the choice)
-            try:
-                return segmentation.segment(image, model, device=args.device).labels
-            finally:
-                segmentation._cores_to_spare = spare
-        return run
+    def in_thread():
+        segmentation._cores_to_spare = lambda device: True  # (benchmark-only: force the choice)
+        try:
+            return segmentation.segment(image, model, device=args.device).labels
+        finally:
+            segmentation._cores_to_spare = spare
+
+    def inline():
+        labeller = BandLabeller(image.shape[:2], threshold=card.default_threshold, min_size=card.min_size,
+                                use_contour=card.has_contours, contour_threshold=card.contour_threshold,
+                                fill_holes=card.fill_holes, background=False)
+        try:
+            predict_tiled(image, model, device=args.device, rows_done=labeller.rows_done)
+            return labeller.finish()
+        finally:
+            labeller.close()
 
     def after():
         probs = predict_tiled(image, model, device=args.device)
         return segmentation.labels_for(probs[0], probs[1] if card.has_contours else None, card,
                                        card.default_threshold, card.instances, card.min_size)
 
-    variants = {"thread": bands(True), "inline": bands(False), "after": after}
+    variants = {"thread": in_thread, "inline": inline, "after": after}
     counts = {name: int(fn().max()) for name, fn in variants.items()}  # warm-up, and the same objects
     times: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(args.repeats):

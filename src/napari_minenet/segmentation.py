@@ -169,27 +169,30 @@ def _predict_and_label(image, model: SegmentationModel, threshold: float, instan
                        use_contours: bool, keep_maps: bool = True,
                        **predict_options) -> tuple[np.ndarray | None, np.ndarray]:
     """(probability maps, labels) of ``image``; the maps are None when not ``keep_maps`` (an
-    instance model then writes them into a window of rows). Instances are split band by band as rows of
-    tiles finish (:class:`~napari_minenet.bands.BandLabeller`: the same objects as
-    :func:`labels_for` on the finished maps, with temporaries the size of a band): in a
-    background thread, overlapping the network, when the network leaves CPU cores free (a
-    GPU, or fewer torch threads than cores), else between rows of tiles (on 2 cores with 2
-    torch threads a third thread only competes with torch: ``benchmarks/band_overlap.py``).
+    instance model then writes them into a window of rows). Where the network leaves CPU
+    cores free (a GPU, or fewer torch threads than cores), or the maps are streamed,
+    instances are split band by band as rows of tiles finish
+    (:class:`~napari_minenet.bands.BandLabeller`: the same objects as :func:`labels_for` on
+    the finished maps, with temporaries the size of a band), in a background thread that
+    overlaps the network when cores are free, else between rows of tiles. When torch uses
+    every core and the maps are kept, the split runs once on the finished maps: bands between
+    rows of tiles would overlap nothing and cost 4-8 % more (``benchmarks/band_overlap.py``).
     Images above ``LARGE_IMAGE_PIXELS`` keep their maps as float16."""
     from . import bands as band_module
 
     card = model.card
     image = check_image(image)
     large = image.shape[0] * image.shape[1] > LARGE_IMAGE_PIXELS
-    if not instances or card.keep_largest:  # (keeping the largest object needs the whole map)
+    background = _cores_to_spare(predict_options.get("device", "auto"))
+    # (keeping the largest object needs the whole map)
+    if not instances or card.keep_largest or (keep_maps and not background):
         probs = predict_tiled(image, model, out_dtype=np.float16 if large else np.float32, **predict_options)
         contour = probs[1] if card.has_contours and use_contours else None
         return (probs if keep_maps else None), labels_for(probs[0], contour, card, threshold, instances, min_size)
     bands = band_module.BandLabeller(
         image.shape[:2], threshold=threshold, min_size=min_size, use_contour=card.has_contours and use_contours,
         contour_threshold=card.contour_threshold, fill_holes=card.fill_holes,
-        background=_cores_to_spare(predict_options.get("device", "auto")),
-        max_band_pixels=None if keep_maps else band_module.BAND_PIXELS)
+        background=background, max_band_pixels=None if keep_maps else band_module.BAND_PIXELS)
     dtype = np.float16 if large else np.float32
     if not keep_maps and predict_options.get("tile_size") is None:
         predict_options["tile_size"] = min(card.tile_size, band_module.STREAMED_TILE_SIZE)
