@@ -18,8 +18,10 @@ What is measured (one process, same machine state for every row):
   (optionally ``torch.compile``);
 * peak RSS of one ``segment`` call per size, each in a fresh child process
   (``--child-memory SIZE``) that does what a user's script does: imports the plugin, loads
-  the model, reads the image from a ``.npy`` file (written by the parent, so the synthetic
-  generator's modules, cache and temporaries are not in the child) and segments it.
+  the model, reads the image from a ``.npy`` file (written by the parent, so the image
+  generator's modules, cache and temporaries are not in the child) and segments it; the
+  image is the one the speed rows use (the ``--mosaic`` of real tiles when given, else the
+  synthetic one; before 2026-12-07 always the synthetic one).
 
 Example::
 
@@ -177,14 +179,16 @@ def child_memory(size: int, args: argparse.Namespace) -> None:
     print(CHILD_MARKER + json.dumps(out), flush=True)
 
 
-def measure_memory(sizes: list[int], args: argparse.Namespace, threads: int) -> list[dict]:
+def measure_memory(sizes: list[int], args: argparse.Namespace, threads: int, card) -> list[dict]:
+    """Peak RSS per size, on the image the speed rows use (the --mosaic of real tiles when
+    given: real H&E holds fewer, larger objects than the synthetic image, and the peak differs)."""
     import tempfile
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="minenet-memory-") as tmp:
         for size in sizes:
-            path = Path(tmp) / f"synthetic_he_{size}.npy"
-            np.save(path, common.synthetic_he(size))
+            path = Path(tmp) / f"image_{size}.npy"
+            np.save(path, image_for(size, args, card))
             try:
                 rows.append(_memory_child(size, path, args, threads))
             finally:
@@ -719,7 +723,7 @@ def main(argv=None) -> dict | None:
     if not args.no_memory:
         sizes = args.memory_sizes if args.memory_sizes is not None else args.sizes
         print(f"peak memory: one fresh child process per size ({', '.join(map(str, sizes))})", flush=True)
-        memory = measure_memory(sizes, args, threads)
+        memory = measure_memory(sizes, args, threads, card)
 
     # ------------------------------------------------------------------ report
     print_table(

@@ -266,3 +266,31 @@ def test_out_of_gpu_memory_mid_stream_restarts_with_a_new_window(tiny_model, mak
     assert calls == [128, 128]  # (below 256 px the retry runs on the CPU with the same tiles)
     assert retried.probability is None and clean.labels.max() > 0
     assert same_partition(retried.labels, clean.labels)
+
+
+def test_a_component_taller_than_max_carry_rows_is_not_carried(monkeypatch):
+    """A foreground region running down the whole image (a black border) is cut at band
+    borders instead of making every later band restart at its first row; every other object
+    is what the whole map gives, and the window of rows stays small."""
+    import napari_minenet.bands as bands_module
+
+    monkeypatch.setattr(bands_module, "MAX_CARRY_ROWS", 150)  # (the 120-row object of _maps is carried)
+    probs = _maps(h=400, w=120, seed=5)
+    probs[0, :, 100:] = 0.95  # the border: 20 columns of foreground from the first row to the last
+    probs[1, :, 100:] = 0.1
+    probs[0, :, 97:100] = 0.05
+    options = dict(threshold=0.5, contour_threshold=0.5, min_size=6)
+    whole = labels_from_probability(probs[0], contour=probs[1], instances=True, **options)
+    bands = BandLabeller(probs.shape[1:], background=False, **options)
+    window = bands.maps(2, np.float32)
+    largest = 0
+    for r0 in range(0, 400, 50):
+        r1 = min(400, r0 + 80)
+        window.rows(r0, r1)[...] = probs[:, r0:r1]
+        largest = max(largest, window.nbytes)
+        bands.rows_done(window, r1 if r1 == 400 else r0 + 50)
+    labels = bands.finish()
+    assert same_partition(labels[:, :97], whole[:, :97])
+    border = np.unique(labels[:, 100:])
+    assert 0 not in border and len(border) >= 2  # cut into pieces at band borders
+    assert largest <= 2 * 120 * 4 * (80 + 150 + 50)  # never the rows from the border's first row on

@@ -317,3 +317,21 @@ def test_bounding_boxes_are_find_objects_for_the_wanted_ids(monkeypatch, chunk_r
     assert 10 < len(got) < n
     assert [(i, tuple((s.start, s.stop) for s in sl)) for i, sl in got] == [
         (i, tuple((s.start, s.stop) for s in sl)) for i, sl in expected]
+
+
+def test_a_component_larger_than_any_object_is_left_whole(monkeypatch):
+    """A region whose box exceeds _LARGEST_SPLIT_BOX (a black border, a fold) is not split and
+    costs no atlas of its size; objects beside it are split as before."""
+    import napari_minenet.postprocess as pp
+
+    prob = np.zeros((64, 200), np.float32)
+    prob[:, :96] = _discs(**TOUCHING)
+    prob[4:60, 110:196] = 1.0  # a big "dark region", 56 x 86 px, with a hole
+    prob[30:34, 150:154] = 0.0
+    normal = labels_from_probability(prob, instances=True, fill_holes=True)
+    assert len(_ids(normal[:, :96])) == 2 and normal[31, 151] > 0  # split and filled at the default limit
+    monkeypatch.setattr(pp, "_LARGEST_SPLIT_BOX", 60 * 92)  # between the discs' box and the region's
+    labels = labels_from_probability(prob, instances=True, fill_holes=True)
+    assert len(_ids(labels[:, :96])) == 2  # the discs are still split
+    region = labels[4:60, 110:196]
+    assert len(_ids(region)) == 1 and labels[31, 151] == 0  # one object, its hole kept

@@ -11,8 +11,9 @@ which separates touching nuclei a binary mask cannot. Each component is split on
 (as if alone), but the crops of many components are packed into one array (an atlas) so
 that every step is one call over thousands of objects instead of one Python call per
 object; the dynamics of the maxima (which maxima are h-maxima) come from one watershed and
-a union-find over maxima. Memory is the output plus one atlas (at most ~0.5 Mpx), and
-components with a single seed are left untouched.
+a union-find over maxima. Memory is the output plus one atlas (at most ~1 Mpx: a component
+whose box is larger is no object and is left whole), and components with a single seed are
+left untouched.
 """
 
 from __future__ import annotations
@@ -95,6 +96,11 @@ _GAP = 4
 #: pixels per atlas: bounds its float64 maps to 4 MiB each whatever the image size; smaller atlases are
 #: also faster (2048^2 H&E mosaic: 0.64 s with 4 Mpx atlases, 0.48 s with 1 Mpx, 0.47 s with 0.5 Mpx)
 _ATLAS_PIXELS = 1 << 19
+#: components whose box is larger than this are left whole (not split, holes kept): no object the split is made
+#: for is that large (a 40x nucleus is ~20 px across, a cell a few hundred), but a black border, a pen mark or
+#: a fold thresholded as one foreground region is, and splitting it cost temporaries in proportion to it
+#: (a 4.5 Mpx black region of a 10,000^2 image: +1.1 GB and +33 s)
+_LARGEST_SPLIT_BOX = 1 << 20
 
 
 def _pack(shapes: list[tuple[int, int]], width: int) -> tuple[list[tuple[int, int]], tuple[int, int]]:
@@ -368,7 +374,8 @@ def split_instances(
     (>= 16 px and >= ``min_size``; without contours, seeds only from 30 px) are examined, each on
     its own crop (holes filled there when ``fill_holes``), but many crops at a time: they
     are packed into one array (an atlas of at most ~0.5 Mpx) and every step is one call over
-    it. Memory is the output plus one atlas. Objects smaller than ``min_size`` pixels are
+    it. Memory is the output plus one atlas. Components whose box exceeds ~1 Mpx are no
+    object (a black border, a fold) and are left whole. Objects smaller than ``min_size`` pixels are
     removed. ``occupied`` (boolean, optional) marks pixels outside ``mask`` that belong to
     objects found elsewhere (:mod:`napari_minenet.bands`): they are never filled as holes.
     """
@@ -387,6 +394,8 @@ def split_instances(
     for index, sl in _bounding_boxes(labels, sizes >= min_area):  # smaller ones cannot hold two objects
         sl = tuple(slice(max(0, s.start - 1), min(dim, s.stop + 1)) for s, dim in zip(sl, labels.shape))
         a = (sl[0].stop - sl[0].start + _GAP) * (sl[1].stop - sl[1].start + _GAP)
+        if a > _LARGEST_SPLIT_BOX:
+            continue
         if batch and batch_area + a > _ATLAS_PIXELS:
             boxes.append(batch)
             batch, batch_area = [], 0
