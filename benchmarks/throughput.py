@@ -608,7 +608,8 @@ def main(argv=None) -> dict | None:
 
     device = select_device(args.device)
     info = common.machine_info()
-    print("Throughput of image-in, labels-out segmentation (synthetic H&E-like RGB uint8 images)")
+    what = f"a mosaic of real images from {args.mosaic}" if args.mosaic else "synthetic H&E-like RGB uint8 images"
+    print(f"Throughput of image-in, labels-out segmentation ({what})")
     common.print_machine(info)
     bm = common.load_benchmark_model()
     model = bm.model
@@ -809,8 +810,8 @@ def main(argv=None) -> dict | None:
 
     data = {
         "script": "throughput",
-        "measured": "napari_minenet.segmentation.segment on synthetic H&E-like RGB uint8 images; predict_tiled and "
-                    "labels_from_probability separately; references in the same run",
+        "measured": "napari_minenet.segmentation.segment on the image below (speed rows and memory children); "
+                    "predict_tiled and labels_from_probability separately; references in the same run",
         "machine": info,
         "busy_warning": common.busy_warning(info),
         "device": str(device),
