@@ -335,3 +335,23 @@ def test_a_component_larger_than_any_object_is_left_whole(monkeypatch):
     assert len(_ids(labels[:, :96])) == 2  # the discs are still split
     region = labels[4:60, 110:196]
     assert len(_ids(region)) == 1 and labels[31, 151] == 0  # one object, its hole kept
+
+
+def test_fill_holes_by_labelling_is_scipys_fill_holes():
+    """The atlas's hole filling (one labelling of the background) gives exactly
+    ndi.binary_fill_holes: random blobs, rings with islands inside their holes, objects
+    on the border, diagonal-only gaps (4-connected background)."""
+    from scipy import ndimage as ndi
+
+    from napari_minenet.postprocess import _fill_holes
+
+    rng = np.random.default_rng(3)
+    for k in range(20):
+        obj = ndi.gaussian_filter(rng.random((60 + k, 90)), 2.0) > 0.5
+        obj[10:30, 10:30] = True
+        obj[14:26, 14:26] = False  # a ring ...
+        obj[18:22, 18:22] = True  # ... with an island in its hole
+        obj[0, :] = k % 2 == 0  # sometimes a row of foreground along the border
+        obj[40, 40] = obj[41, 41] = obj[40, 42] = obj[42, 42] = True  # a pixel hole reached only diagonally
+        obj[41, 40] = obj[42, 41] = obj[41, 43] = obj[40, 41] = True
+        assert np.array_equal(_fill_holes(obj), ndi.binary_fill_holes(obj))
