@@ -68,20 +68,21 @@ def mosaic_image(folder: str, size: int, exclude: list[str]) -> tuple[np.ndarray
     if not names:
         raise SystemExit(f"no images in {Path(folder) / 'images'}")
     out = np.zeros((size, size, 3), np.uint8)
-    used, y, x, row_h, k = [], 0, 0, 0, 0
+    tiles: dict[str, np.ndarray] = {}  # (each file read once, however often it repeats)
+    y, x, row_h, k = 0, 0, 0, 0
     while y < size:
         path = names[k % len(names)]
         k += 1
-        tile = read_image(path)[..., :3]
+        if path.stem not in tiles:
+            tiles[path.stem] = read_image(path)[..., :3]
+        tile = tiles[path.stem]
         th, tw = min(tile.shape[0], size - y), min(tile.shape[1], size - x)
         out[y:y + th, x:x + tw] = tile[:th, :tw]
-        if path.stem not in used:
-            used.append(path.stem)
         row_h = max(row_h, th)
         x += tw
         if x >= size:
             x, y, row_h = 0, y + row_h, 0
-    return out, used
+    return out, list(tiles)
 
 
 def ort_session(onnx_bytes: bytes, threads: int):

@@ -152,9 +152,7 @@ class BandLabeller:
             reaching[components[-1]] = True
             reaching[0] = False
             if stop - r0 > MAX_CARRY_ROWS:  # those that span more rows than that stay in this band
-                tall = np.zeros(n + 1, bool)
-                tall[components[: stop - r0 - MAX_CARRY_ROWS]] = True
-                reaching &= ~tall
+                reaching[components[: stop - r0 - MAX_CARRY_ROWS]] = False
             if reaching.any():
                 carried = reaching[components]
                 next_start = r0 + int(np.flatnonzero(carried.any(axis=1))[0])
