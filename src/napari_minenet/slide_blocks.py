@@ -331,7 +331,9 @@ def check_cancel(job: SlideJob) -> None:
 
 
 def process_block(job: SlideJob, block) -> int:
-    """Segment one block (:func:`_segment_block`), then :func:`release_memory`."""
+    """:func:`_segment_block`, then :func:`release_memory`; -1 for a block already finished."""
+    if job.table_path(block).exists():
+        return -1
     try:
         return _segment_block(job, block)
     finally:
@@ -339,7 +341,7 @@ def process_block(job: SlideJob, block) -> int:
 
 
 def _segment_block(job: SlideJob, block) -> int:
-    """Segment one block; returns the number of objects it owns. Skips a finished block.
+    """Segment one block; returns the number of objects it owns.
 
     Writes in this order: the block's anchors (exactly one chunk of the work array; zarr
     3.1's local store writes it to a temporary file and renames it), then its object table
@@ -347,8 +349,6 @@ def _segment_block(job: SlideJob, block) -> int:
     has no table and is computed again, by a rerun or by another dask worker; nothing reads
     a block's anchors before its table exists, so a half-written chunk is never used."""
     table_path = job.table_path(block)
-    if table_path.exists():
-        return -1
     job = job.ready()
     check_cancel(job)
     _, _, y0, y1, x0, x1 = block
