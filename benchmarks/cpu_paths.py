@@ -7,7 +7,9 @@ MoNuSeg training images, else the synthetic H&E image), the nuclei model, this m
   in turn) + BN folding, as ``predict_tiled`` does it;
 * the network on tiles, the product loop (``_predict_tiles`` with the network prepared
   once, so only tiles + blending are timed) for every combination of precision (fp32,
-  bf16 autocast), memory format (channels_last, contiguous) and tile size;
+  bf16 autocast), memory format (channels_last, contiguous) and tile size, and at 1024 px
+  the network with BN folded but its branches not merged (the graph before
+  ``inference_graph``, 2026-12-08);
 * ONNX Runtime (CPU) on the same BN-folded network, whole image and 1024 px tiles;
 * ``torch.compile`` of the folded network (``--compile``; its first call is reported);
 * end to end ``segment()`` with the default precision and with ``precision="fp32"``.
@@ -170,6 +172,7 @@ def main(argv=None) -> dict:
 
     import napari_minenet.inference as inference
     from napari_minenet.data import Normalizer, as_rgb_or_grey, check_image
+    from napari_minenet.model import fuse_for_inference
     from napari_minenet.segmentation import segment
     from napari_minenet.zoo import load_model
 
@@ -206,6 +209,12 @@ def main(argv=None) -> dict:
         variants[f"prepare, AdaBN sample {n:,} px"] = prepare_with(n)
     net = inference.prepare_network(model, work, normalizer, cpu)  # (channels_last)
     net_contig = net.to(memory_format=torch.contiguous_format)
+    original_graph = inference.inference_network
+    inference.inference_network = fuse_for_inference  # benchmark-only: BN folded, branches not merged
+    try:
+        unmerged = inference.prepare_network(model, work, normalizer, cpu)
+    finally:
+        inference.inference_network = original_graph
 
     def tiles_with(network, tile, precision, memory_format):
         def run():
@@ -225,6 +234,9 @@ def main(argv=None) -> dict:
                 net, tile, precision, "channels_last")
         variants[f"network on tiles: fp32, contiguous, tile {tile}"] = tiles_with(net_contig, tile, "fp32",
                                                                                  "contiguous")
+    for precision in ("fp32", "bf16"):
+        variants[f"network on tiles: {precision}, channels_last, tile 1024, branches not merged"] = tiles_with(
+            unmerged, 1024, precision, "channels_last")
     errors = {}
     if not args.no_onnx:
         try:

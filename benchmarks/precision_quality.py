@@ -44,6 +44,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="nuclei: segment ONE image made of its validation images side by side (3 per row), the "
                         "case where the AdaBN sample is smaller than the image, and score every validation image's "
                         "block of it against that image's truth")
+    p.add_argument("--tile-size", type=int, default=None,
+                   help="network tile side for segment() (default: the card's); smaller than the images, every "
+                        "image is tiled, so the tiles run through the inference graph, not only the AdaBN pass")
     common.add_common_arguments(p, device=False)
     return p.parse_args(argv)
 
@@ -101,7 +104,8 @@ def main(argv=None) -> dict:
                 rows, t0 = [], time.perf_counter()
                 try:
                     for ex in examples:
-                        r = segment(ex.image, model, device="cpu", precision=precision, scale=ex.scale)
+                        r = segment(ex.image, model, device="cpu", precision=precision, scale=ex.scale,
+                                    tile_size=args.tile_size)
                         blocks = getattr(ex, "blocks", None) or [(slice(None), slice(None))]
                         for sl in blocks:
                             m = pixel_metrics(r.labels[sl] > 0, ex.mask[sl], prob=r.probability[sl],
@@ -113,7 +117,7 @@ def main(argv=None) -> dict:
                     inference.BN_SAMPLE_PIXELS, inference.BN_SAMPLE_TILE = default_sample, default_tile
                 mean = {k: float(np.mean([row[k] for row in rows])) for k in rows[0]}
                 res = {"model": name, "data": folder, "images": len(rows), "sample_pixels": sample, "sample_tile": tile,
-                       "precision": precision, "seconds": time.perf_counter() - t0, **mean}
+                       "tile_size": args.tile_size, "precision": precision, "seconds": time.perf_counter() - t0, **mean}
                 if ref is None:
                     ref = res
                 res["delta"] = {k: mean[k] - ref[k] for k in mean}

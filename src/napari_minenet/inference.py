@@ -42,7 +42,7 @@ from .data import (
 )
 from .devices import device_report, select_device  # noqa: F401 - the public place they were
 from .errors import Cancelled
-from .model import fuse_for_inference
+from .inference_graph import inference_network
 from .tiling import (  # noqa: F401 - re-exported: tiling used to live here
     _DIHEDRAL,
     GRID,
@@ -118,9 +118,10 @@ def _prepare(model: SegmentationModel, image: np.ndarray, normalizer: Normalizer
 
 
 def ready_network(network: nn.Module, device: torch.device) -> nn.Module:
-    """A copy of ``network`` with BatchNorm folded into the convolutions, on ``device``
-    (channels-last on the CPU): what every tile runs through."""
-    fused = fuse_for_inference(network).to(device)  # a copy: the caller's model is never modified
+    """A copy of ``network`` with BatchNorm folded into the convolutions and parallel branches
+    merged (``inference_graph``), on ``device`` (channels-last on the CPU): what every tile
+    runs through."""
+    fused = inference_network(network).to(device)  # a copy: the caller's model is never modified
     if device.type == "cpu":
         fused = fused.to(memory_format=torch.channels_last)
     return fused
