@@ -32,12 +32,13 @@ def _trained_looking(in_channels: int = 3, out_channels: int = 2, width: int = 8
     return net
 
 
+@pytest.mark.parametrize("merge_separable", [True, False])
 @pytest.mark.parametrize(("in_channels", "out_channels", "width", "hw"),
                          [(3, 2, 8, (64, 64)), (3, 1, 8, (37, 50)), (1, 1, 8, (21, 33)), (3, 2, 12, (40, 28))])
-def test_same_function_as_the_network_in_eval_mode(in_channels, out_channels, width, hw):
+def test_same_function_as_the_network_in_eval_mode(in_channels, out_channels, width, hw, merge_separable):
     net = _trained_looking(in_channels, out_channels, width).eval()
     x = torch.randn(2, in_channels, *hw)
-    graph = inference_network(net)
+    graph = inference_network(net, merge_separable=merge_separable)
     assert isinstance(graph, InferenceMiniNet)
     with torch.inference_mode():
         expected = net(x)
@@ -56,6 +57,10 @@ def test_far_fewer_layers_and_no_batchnorm():
     # per DMRes block 4 convolutions instead of 10 (encoder) or 8 (decoder)
     assert convs(graph) == 1 + 5 * 4 + 4 + 1 + 1
     assert convs(net) == 1 + 3 * 10 + 2 * 8 + 4 + 1 + 1
+    # separable pairs kept (fp32): encoder blocks keep their 4 pairs (8 convolutions) + mix + shortcut,
+    # decoder blocks 2 pairs + mix + shortcut + one merged full tail
+    kept = inference_network(net, merge_separable=False)
+    assert convs(kept) == 1 + 3 * 10 + 2 * 7 + 4 + 1 + 1
     assert not graph.training
     assert not any(p.requires_grad for p in graph.parameters())
 
@@ -105,11 +110,15 @@ def test_other_architectures_get_an_eval_copy():
     assert copy_ is not unet and not copy_.training and unet.training
 
 
-def test_ready_network_is_the_inference_graph_on_channels_last():
+@pytest.mark.parametrize(("precision", "merged"), [("fp32", False), ("bf16", True), ("fp16", True)])
+def test_ready_network_is_the_inference_graph_on_channels_last(precision, merged):
+    """Separable pairs are multiplied out for bf16 / fp16 (fastest there), kept for fp32."""
     net = _trained_looking()
-    ready = ready_network(net, torch.device("cpu"))
+    ready = ready_network(net, torch.device("cpu"), precision)
     assert isinstance(ready, InferenceMiniNet)
-    assert ready.enc1.branch.weight.is_contiguous(memory_format=torch.channels_last)
+    assert isinstance(ready.enc1.branch, nn.Conv2d) == merged
+    assert ready.stem.weight.is_contiguous(memory_format=torch.channels_last)
+    assert ready.dec1.tail.weight.shape[-1] == 5  # the decoder's full tails are merged either way
     x = torch.from_numpy(np.random.default_rng(0).random((1, 3, 32, 32), dtype=np.float32))
     with torch.inference_mode():
         assert torch.allclose(ready(x), net.eval()(x), atol=1e-4)

@@ -187,7 +187,7 @@ def _worker_run(state: dict) -> tuple:
             nets = [_load_network_state(base, _network_path(state["work"], k)) for k in range(len(state["normalizers"]))]
             model = SegmentationModel(nets[0], card)
             device = select_device(state["options"].device)
-            cached = (slide, model, [ready_network(net, device) for net in nets], device)
+            cached = (slide, model, [ready_network(net, device, state["options"].precision) for net in nets], device)
             _WORKER_LOADS[0] += 1
             while len(_WORKER_RUNS) >= _WORKER_KEEP:
                 _WORKER_RUNS.pop(next(iter(_WORKER_RUNS)))
@@ -302,7 +302,7 @@ def plan_slide(slide: Slide, model: SegmentationModel, out: Path, options: Slide
     import hashlib
 
     token = hashlib.sha256(json.dumps([fingerprint, str(out.resolve())], sort_keys=True).encode()).hexdigest()[:16]
-    job = SlideJob(slide, model, [ready_network(net, device) for net in networks], normalizers, options, out, work,
+    job = SlideJob(slide, model, [ready_network(net, device, options.precision) for net in networks], normalizers, options, out, work,
                    mask, threshold, min_size, instances, device, cancel, token=token, pieces=pieces)
     return job, {"resumed": resumed, "fingerprint": fingerprint}
 
