@@ -246,7 +246,7 @@ def test_dynamic_maxima_equal_skimage_h_maxima_object_by_object(seed):
     from scipy import ndimage as ndi
     from skimage.morphology import h_maxima
 
-    from napari_minenet.postprocess import _dynamic_maxima
+    from napari_minenet.instance_atlas import _dynamic_maxima
 
     mask = _blobs(seed) > 0.5
     dist = ndi.distance_transform_edt(mask)
@@ -277,6 +277,26 @@ def test_split_is_the_same_whatever_the_atlas_size(monkeypatch, use_contour):
     many = labels_from_probability(prob, contour=contour, instances=True, fill_holes=True, min_size=5)
     assert one.max() > 10
     np.testing.assert_array_equal(one, many)
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+def test_atlases_in_threads_give_the_labels_of_one_thread(monkeypatch, workers):
+    """Atlases split in threads (waves of ``workers``), written in order: the same labels and
+    ids as one thread, with many atlases and objects whose crops overlap neighbouring atlases."""
+    from scipy import ndimage as ndi
+
+    import napari_minenet.postprocess as pp
+
+    prob = _blobs(11, (260, 300), 110)
+    contour = (ndi.morphological_gradient(prob, size=3) > 0).astype(np.float32) * 0.9
+    mask = prob > 0.5
+    kw = dict(contour=contour, probability=prob, fill_holes=True, min_size=5)
+    monkeypatch.setattr(pp, "_ATLAS_PIXELS", 1500)  # many small atlases
+    one = pp.split_instances(mask, workers=1, **kw)
+    threaded = pp.split_instances(mask, workers=workers, **kw)
+    assert one.max() > 20
+    np.testing.assert_array_equal(one, threaded)
+    assert pp.split_workers() >= 1
 
 
 def test_many_touching_pairs_each_split_in_two():
@@ -343,7 +363,7 @@ def test_fill_holes_by_labelling_is_scipys_fill_holes():
     on the border, diagonal-only gaps (4-connected background)."""
     from scipy import ndimage as ndi
 
-    from napari_minenet.postprocess import _fill_holes
+    from napari_minenet.instance_atlas import _fill_holes
 
     rng = np.random.default_rng(3)
     for k in range(20):
