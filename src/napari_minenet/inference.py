@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from .adabn import adapt_batchnorm
+from .allocator import keep_freed_buffers
 from .data import (
     MAX_TILE_SIZE,
     GreyImageWarning,
@@ -320,8 +321,8 @@ def predict(image: np.ndarray, model: SegmentationModel | str, **kwargs) -> np.n
 
 def _predict_tiles(image, model, device, tile_size, overlap, batch_size, precision, progress, cancel,
                    out_dtype=np.float32, prepared=None, rows_done=None, out=None) -> np.ndarray:
-    card = model.card
-    h, w = image.shape[:2]
+    card, (h, w) = model.card, image.shape[:2]
+    keep_freed_buffers()  # (once per process: every tile reuses the last one's pages)
     if prepared is None:
         normalizer = Normalizer.for_image(image, card.normalization, card.in_channels)
     else:  # (network, normalizer) chosen by the caller (whole slides)

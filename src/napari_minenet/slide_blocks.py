@@ -7,7 +7,6 @@ method; ``slide_stitching`` turns the finished blocks into the labels image.
 from __future__ import annotations
 
 import copy
-import ctypes
 import json
 import logging
 import math
@@ -20,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage as ndi
 
+from .allocator import release_memory
 from .data import InputError, Normalizer
 from .inference import CancelCheck, Cancelled, predict_with_network, ready_network, select_device
 from .segmentation import labels_for
@@ -308,21 +308,6 @@ def plan_slide(slide: Slide, model: SegmentationModel, out: Path, options: Slide
 
 
 # --------------------------------------------------------------------------- one block
-
-
-try:  # glibc (Linux); elsewhere (macOS, Windows, musl) there is nothing to trim
-    _MALLOC_TRIM = ctypes.CDLL("libc.so.6").malloc_trim
-except (OSError, AttributeError):
-    _MALLOC_TRIM = None
-
-
-def release_memory() -> None:
-    """Give what a finished block freed back to the system (glibc's ``malloc_trim``, as
-    dask.distributed does for its workers): else the freed buffers stay in pieces and where
-    the next block's land decides the peak (one 20,000^2 slide: 877-1,007 MB in five
-    runs, 829-877 MB in three with it, ~5 % more time per block; docs/benchmarks.md, "Whole slides")."""
-    if _MALLOC_TRIM is not None:
-        _MALLOC_TRIM(0)
 
 
 def check_cancel(job: SlideJob) -> None:
