@@ -30,6 +30,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import numpy as np
 from scipy import ndimage as ndi
 
+from .allocator import release_memory
 from .postprocess import split_instances
 
 __all__ = ["BandLabeller", "MapRows", "BAND_PIXELS", "STREAMED_TILE_SIZE"]
@@ -68,6 +69,7 @@ class BandLabeller:
         self.contour_threshold = float(contour_threshold)
         self.fill_holes = bool(fill_holes)
         self._band_rows = self.shape[0] if max_band_pixels is None else max(1, int(max_band_pixels) // max(1, self.shape[1]))
+        self._streamed = max_band_pixels is not None
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="minenet-bands") if background else None
         self._futures: list[Future] = []  # (one worker: bands never run at the same time)
         self._reset(None)
@@ -164,7 +166,8 @@ class BandLabeller:
         # (what earlier bands took is another object's, never a hole, as on the whole map)
         band = split_instances(mask, contour, prob if contour is not None else None,
                                contour_threshold=self.contour_threshold, min_size=self.min_size,
-                               fill_holes=self.fill_holes, occupied=before if self.fill_holes else None)
+                               fill_holes=self.fill_holes, occupied=before if self.fill_holes else None,
+                               workers=1 if self._streamed else None)
         found = int(band.max(initial=0))
         write = band > 0
         write &= ~before
@@ -173,6 +176,8 @@ class BandLabeller:
         self.count += found
         self._taken = taken[next_start - r0:].copy()
         self._start = next_start
+        if self._streamed:  # (huge images: what the sub-band freed goes back, as between slide blocks)
+            release_memory()
 
 
 class MapRows:
