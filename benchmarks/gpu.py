@@ -191,9 +191,10 @@ def main(argv=None) -> dict:
         image = common.synthetic_he(size)
         work = as_rgb_or_grey(check_image(image), card.in_channels)
         normalizer = Normalizer.for_image(work, card.normalization, card.in_channels)
-        net = prepare_network(model, work, normalizer, device)
+        nets = {p: prepare_network(model, work, normalizer, device, precision=p) for p in precisions}
         tile = min(args.tile_size, size)
         for precision in precisions:
+            net = nets[precision]  # (the graph the product runs in that precision)
             for batch in args.batch_sizes:
                 print(f"  {size}^2 {precision} batch {batch} ...", flush=True)
                 rows.append(network_row(net, size, tile, batch, precision, device, args.repeats, card.in_channels))
@@ -206,7 +207,7 @@ def main(argv=None) -> dict:
                         "segment", lambda b=batch, p=precision: segment(
                             image, model, device=str(device), tile_size=args.tile_size, overlap=args.overlap,
                             batch_size=b, precision=p), size, precision, batch, device, args.repeats))
-        del image, work, net
+        del image, work, net, nets
         if device.type == "cuda":
             torch.cuda.empty_cache()
     print_table(f"Mini-Net on {name} (median of {args.repeats} after one warm-up; Mpx/s of image pixels)",

@@ -58,6 +58,25 @@ def test_segment_writes_instance_labels(blobs_png, trained_model_path, tmp_path,
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_segment_precision_reaches_the_network(blobs_png, trained_model_path, tmp_path, monkeypatch, precision):
+    """``--precision`` is what segment() gets; a precision it does not know is a usage error."""
+    import napari_minenet.segmentation as segmentation
+
+    seen = []
+    real = segmentation.segment
+    monkeypatch.setattr(segmentation, "segment", lambda *a, **k: seen.append(k.get("precision")) or real(*a, **k))
+    path, _ = blobs_png
+    out = tmp_path / precision
+    rc = main(["segment", str(path), "-o", str(out), "--model", str(trained_model_path), "--device", "cpu",
+               "--precision", precision, "--save-probability"])
+    assert rc == 0 and seen == [precision]
+    prob = tifffile.imread(out / "blobs_probability.tif")
+    assert 0.0 <= prob.min() <= prob.max() <= 1.0
+    with pytest.raises(SystemExit):
+        main(["segment", str(path), "-o", str(out), "--precision", "fp64"])
+
+
 @pytest.mark.parametrize("save_probability", [False, True])
 def test_segment_of_a_huge_image_streams_unless_the_probability_is_saved(blobs_png, trained_model_path, tmp_path,
                                                                          monkeypatch, save_probability):

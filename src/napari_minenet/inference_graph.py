@@ -3,8 +3,8 @@
 At 8 channels and full resolution a CPU spends its time moving activations, not multiplying
 (docs/benchmarks.md), so every layer that can be merged into its neighbour is merged. Each
 rewrite below is exact in real arithmetic; only float rounding differs (fp32: ~1e-5 on the
-logits; bf16: closer to the fp32 model than the unmerged network in bf16, because fewer
-intermediate results are rounded). Training, the AdaBN statistics pass and the ONNX export
+logits; bf16: probabilities within 0.054 of fp32 on a 2048^2 H&E mosaic, the unmerged network's
+bf16 within 0.043; validation scores within 0.001 either way). Training, the AdaBN statistics pass and the ONNX export
 keep the network as the paper describes it (``model.py``); only tiles run through this graph.
 
 In each DMRes block (``model.DMResBlock``), after BatchNorm is folded into the convolutions:

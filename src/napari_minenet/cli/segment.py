@@ -110,6 +110,8 @@ def _segment_image_file(path: Path, out_dir: Path, stem: str, model, args) -> in
             kwargs = dict(instances=instances, threshold=args.threshold, min_size=args.min_size,
                           device=args.device, tile_size=args.tile, batch_size=args.batch_size,
                           pixel_size=pixel_size, keep_maps=True if args.save_probability else None)
+            if args.precision is not None:
+                kwargs["precision"] = args.precision
             with warnings.catch_warnings():
                 if not args.allow_grey:  # a grey image on a colour model: refuse (one line) unless asked
                     warnings.simplefilter("error", GreyImageWarning)
@@ -195,6 +197,8 @@ def _segment_slide_file(path: Path, out_dir: Path, stem: str, model, args, clien
     options = SlideOptions(threshold=args.threshold, min_size=args.min_size, instances=args.instances,
                            device=args.device, tile_size=args.tile, batch_size=args.batch_size,
                            workers=args.workers, statistics=args.statistics)
+    if args.precision is not None:
+        options.precision = args.precision
     if args.block_size is not None:
         options.block_size = args.block_size
     stem = stem.removesuffix(".ome")  # x.ome.tif -> x.zarr, not x.ome.zarr
@@ -267,6 +271,9 @@ def add_segment_options(p: argparse.ArgumentParser, model_default: str | None = 
     p.add_argument("--tile", type=int_in(32, MAX_TILE_SIZE), default=None,
                    help=f"tile size in pixels, 32 to {MAX_TILE_SIZE} (default: model's, 1024 for the built-ins)")
     p.add_argument("--batch-size", type=int_in(1, 64), default=1, help="tiles per batch, 1 to 64")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default=None,
+                   help="network precision (default: auto = bf16 on a CPU with native bf16, else fp32; whole "
+                        "slides: fp32); fp32 forces full precision")
     p.add_argument("--save-probability", action="store_true", help="also write the probability map")
     p.add_argument("--overlay", action=argparse.BooleanOptionalAction, default=True,
                    help="write a PNG with the outlines drawn on the image")
