@@ -169,3 +169,29 @@ def trained_model(trained_model_path):
     from napari_minenet.zoo import load_model
 
     return load_model(trained_model_path)
+
+
+@pytest.fixture
+def bn_net():
+    """A factory of MiniNets whose BatchNorms are far from the identity, so that folding them and
+    merging the branches (``model.fuse_for_inference``, ``inference_graph``) is really tested."""
+    import torch
+    from torch import nn
+
+    from napari_minenet.model import MiniNet
+
+    def make(in_channels: int = 3, out_channels: int = 2, width: int = 8, seed: int = 0) -> MiniNet:
+        torch.manual_seed(seed)
+        net = MiniNet(in_channels, out_channels, width=width)
+        g = torch.Generator().manual_seed(seed + 1)
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                c = m.num_features
+                m.running_mean.copy_(torch.randn(c, generator=g) * 0.2)
+                m.running_var.copy_(torch.rand(c, generator=g) * 1.5 + 0.5)
+                with torch.no_grad():
+                    m.weight.copy_(torch.rand(c, generator=g) + 0.5)
+                    m.bias.copy_(torch.randn(c, generator=g) * 0.1)
+        return net
+
+    return make

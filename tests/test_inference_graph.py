@@ -13,30 +13,13 @@ from torch import nn
 from napari_minenet.architectures import ReferenceUNet
 from napari_minenet.inference import ready_network
 from napari_minenet.inference_graph import InferenceMiniNet, inference_network
-from napari_minenet.model import MiniNet
-
-
-def _trained_looking(in_channels: int = 3, out_channels: int = 2, width: int = 8, seed: int = 0) -> MiniNet:
-    """A MiniNet whose BatchNorms are far from the identity (so folding and merging matter)."""
-    torch.manual_seed(seed)
-    net = MiniNet(in_channels, out_channels, width=width)
-    g = torch.Generator().manual_seed(seed + 1)
-    for m in net.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            c = m.num_features
-            m.running_mean.copy_(torch.randn(c, generator=g) * 0.3)
-            m.running_var.copy_(torch.rand(c, generator=g) * 2.0 + 0.3)
-            with torch.no_grad():
-                m.weight.copy_(torch.rand(c, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(c, generator=g) * 0.2)
-    return net
 
 
 @pytest.mark.parametrize("merge_separable", [True, False])
 @pytest.mark.parametrize(("in_channels", "out_channels", "width", "hw"),
                          [(3, 2, 8, (64, 64)), (3, 1, 8, (37, 50)), (1, 1, 8, (21, 33)), (3, 2, 12, (40, 28))])
-def test_same_function_as_the_network_in_eval_mode(in_channels, out_channels, width, hw, merge_separable):
-    net = _trained_looking(in_channels, out_channels, width).eval()
+def test_same_function_as_the_network_in_eval_mode(in_channels, out_channels, width, hw, merge_separable, bn_net):
+    net = bn_net(in_channels, out_channels, width).eval()
     x = torch.randn(2, in_channels, *hw)
     graph = inference_network(net, merge_separable=merge_separable)
     assert isinstance(graph, InferenceMiniNet)
@@ -49,8 +32,8 @@ def test_same_function_as_the_network_in_eval_mode(in_channels, out_channels, wi
     assert float((got - expected).abs().max()) <= 1e-5 * max(scale, 1.0) * 10
 
 
-def test_far_fewer_layers_and_no_batchnorm():
-    net = _trained_looking()
+def test_far_fewer_layers_and_no_batchnorm(bn_net):
+    net = bn_net()
     graph = inference_network(net)
     convs = lambda m: sum(isinstance(c, (nn.Conv2d, nn.ConvTranspose2d)) for c in m.modules())  # noqa: E731
     assert not any(isinstance(m, nn.BatchNorm2d) for m in graph.modules())
@@ -65,8 +48,8 @@ def test_far_fewer_layers_and_no_batchnorm():
     assert not any(p.requires_grad for p in graph.parameters())
 
 
-def test_the_trained_network_is_not_modified():
-    net = _trained_looking().train()
+def test_the_trained_network_is_not_modified(bn_net):
+    net = bn_net().train()
     before = copy.deepcopy(net.state_dict())
     graph = inference_network(net)
     assert net.training
@@ -78,9 +61,9 @@ def test_the_trained_network_is_not_modified():
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
-def test_inputs_and_skips_are_left_untouched_in_every_precision():
+def test_inputs_and_skips_are_left_untouched_in_every_precision(bn_net):
     """In-place sums write only into fresh layer outputs: the input tensor is unchanged."""
-    graph = inference_network(_trained_looking())
+    graph = inference_network(bn_net())
     x = torch.randn(1, 3, 48, 48)
     x0 = x.clone()
     with torch.inference_mode():
@@ -92,8 +75,8 @@ def test_inputs_and_skips_are_left_untouched_in_every_precision():
     assert float((a - b.float()).abs().max()) < 0.1 * max(float(a.abs().max()), 1.0)
 
 
-def test_channels_last_and_batches_give_the_same_numbers():
-    graph = inference_network(_trained_looking())
+def test_channels_last_and_batches_give_the_same_numbers(bn_net):
+    graph = inference_network(bn_net())
     x = torch.randn(3, 3, 40, 56)
     with torch.inference_mode():
         plain = graph(x)
@@ -111,9 +94,9 @@ def test_other_architectures_get_an_eval_copy():
 
 
 @pytest.mark.parametrize(("precision", "merged"), [("fp32", False), ("bf16", True), ("fp16", True)])
-def test_ready_network_is_the_inference_graph_on_channels_last(precision, merged):
+def test_ready_network_is_the_inference_graph_on_channels_last(precision, merged, bn_net):
     """Separable pairs are multiplied out for bf16 / fp16 (fastest there), kept for fp32."""
-    net = _trained_looking()
+    net = bn_net()
     ready = ready_network(net, torch.device("cpu"), precision)
     assert isinstance(ready, InferenceMiniNet)
     assert isinstance(ready.enc1.branch, nn.Conv2d) == merged

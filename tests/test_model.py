@@ -121,11 +121,11 @@ def test_eval_mode_is_deterministic():
 
 
 @pytest.mark.parametrize("fused", [False, True])
-def test_inference_computes_in_place_with_the_same_numbers(fused):
+def test_inference_computes_in_place_with_the_same_numbers(fused, bn_net):
     """Without autograd the sums and ReLUs run in place (less memory, faster): the same
     output bit for bit as with autograd, the input and the skip tensors untouched, and
     a training-mode statistics pass updates the same running statistics."""
-    net = _net_with_nontrivial_batchnorm()
+    net = bn_net()
     net = fuse_for_inference(net) if fused else net.eval()
     x = torch.randn(2, 3, 36, 44)
     x_before = x.clone()
@@ -153,24 +153,9 @@ def test_inference_computes_in_place_with_the_same_numbers(fused):
 # --------------------------------------------------------------------------- BN folding
 
 
-def _net_with_nontrivial_batchnorm(out_channels: int = 2) -> MiniNet:
-    torch.manual_seed(0)
-    net = MiniNet(3, out_channels)
-    g = torch.Generator().manual_seed(1)
-    for m in net.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            c = m.num_features
-            m.running_mean.copy_(torch.randn(c, generator=g) * 0.2)
-            m.running_var.copy_(torch.rand(c, generator=g) * 1.5 + 0.5)
-            with torch.no_grad():
-                m.weight.copy_(torch.rand(c, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(c, generator=g) * 0.1)
-    return net
-
-
 @pytest.mark.parametrize("hw", [(32, 32), (37, 50)])
-def test_fuse_for_inference_matches_eval_mode(hw):
-    net = _net_with_nontrivial_batchnorm()
+def test_fuse_for_inference_matches_eval_mode(hw, bn_net):
+    net = bn_net()
     x = torch.randn(2, 3, *hw)
     fused = fuse_for_inference(net)
     with torch.no_grad():
@@ -181,8 +166,8 @@ def test_fuse_for_inference_matches_eval_mode(hw):
     assert not fused.training
 
 
-def test_fuse_for_inference_leaves_the_original_unchanged():
-    net = _net_with_nontrivial_batchnorm().train()
+def test_fuse_for_inference_leaves_the_original_unchanged(bn_net):
+    net = bn_net().train()
     before = copy.deepcopy(net.state_dict())
     fused = fuse_for_inference(net)
     assert fused is not net

@@ -167,7 +167,7 @@ class BandLabeller:
         band = split_instances(mask, contour, prob if contour is not None else None,
                                contour_threshold=self.contour_threshold, min_size=self.min_size,
                                fill_holes=self.fill_holes, occupied=before if self.fill_holes else None,
-                               workers=1 if self._streamed else None)
+                               workers=1 if self._streamed else None)  # (streamed: one atlas at a time)
         found = int(band.max(initial=0))
         write = band > 0
         write &= ~before

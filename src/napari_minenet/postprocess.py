@@ -11,9 +11,9 @@ which separates touching nuclei a binary mask cannot. Each component is split on
 (as if alone), but the crops of many components are packed into one array (an atlas) so
 that every step is one call over thousands of objects instead of one Python call per
 object; the dynamics of the maxima (which maxima are h-maxima) come from one watershed and
-a union-find over maxima. Memory is the output plus one atlas (at most ~1 Mpx: a component
-whose box is larger is no object and is left whole), and components with a single seed are
-left untouched.
+a union-find over maxima. Atlases are split in threads (``instance_atlas``). Memory is the
+output plus one atlas per thread (a component whose box is over ~1 Mpx is no object and is
+left whole), and components with a single seed are left untouched.
 """
 
 from __future__ import annotations
@@ -147,7 +147,7 @@ def split_instances(
     (>= 16 px and >= ``min_size``; without contours, seeds only from 30 px) are examined, each on
     its own crop (holes filled there when ``fill_holes``), but many crops at a time: they
     are packed into one array (an atlas of at most ~0.5 Mpx) and every step is one call over
-    it. Memory is the output plus one atlas. Components whose box exceeds ~1 Mpx are no
+    it. Memory is the output plus one atlas per worker. Components whose box exceeds ~1 Mpx are no
     object (a black border, a fold) and are left whole. Objects smaller than ``min_size`` pixels are
     removed. ``occupied`` (boolean, optional) marks pixels outside ``mask`` that belong to
     objects found elsewhere (:mod:`napari_minenet.bands`): they are never filled as holes.
