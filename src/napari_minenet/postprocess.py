@@ -18,8 +18,6 @@ left whole), and components with a single seed are left untouched.
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 from scipy import ndimage as ndi
 
@@ -201,8 +199,9 @@ def split_instances(
 def split_workers() -> int:
     """Threads for the instance split: the CPU cores this process may use, at most 4 (each
     holds one ~0.5 Mpx atlas; scipy's and scikit-image's steps release the GIL)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(4, cores))
+    from .devices import usable_cores  # (torch is loaded by then wherever maps come from a network)
+
+    return max(1, min(4, usable_cores()))
 
 
 def labels_from_probability(

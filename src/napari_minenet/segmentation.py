@@ -207,16 +207,13 @@ def _predict_and_label(image, model: SegmentationModel, threshold: float, instan
 def _cores_to_spare(device) -> bool:
     """Whether post-processing in a thread of its own can overlap the network: it runs on a
     GPU, or torch uses fewer threads than this process may use cores."""
-    import os
-
     import torch
 
-    from .inference import select_device
+    from .devices import select_device, usable_cores
 
     if select_device(device).type != "cpu":
         return True
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return torch.get_num_threads() < cores
+    return torch.get_num_threads() < usable_cores()
 
 
 def _segment_on_model_grid(image, model: SegmentationModel, scale: float, pixel_size: float | None, *,
